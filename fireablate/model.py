@@ -1,0 +1,194 @@
+"""PyTorch modules built from a spec, with torchvision's names.
+
+Without batch norm, bypass or extra dropout the module tree is exactly torchvision's SqueezeNet
+(``features.3.squeeze.weight`` ...), so torchvision state dicts load into it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import spec as S
+from .errors import UsageError
+
+
+class Fire(nn.Module):
+    """Squeeze (1x1) then expand (1x1 and 3x3 side by side, concatenated); optional bypass."""
+
+    def __init__(self, layer: S.Fire):
+        super().__init__()
+        f, bn = layer.sizes, layer.batch_norm
+        self.squeeze = nn.Conv2d(layer.in_channels, f.squeeze, kernel_size=1)
+        self.squeeze_bn = nn.BatchNorm2d(f.squeeze) if bn else nn.Identity()
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(f.squeeze, f.expand1x1, kernel_size=1)
+        self.expand1x1_bn = nn.BatchNorm2d(f.expand1x1) if bn else nn.Identity()
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(f.squeeze, f.expand3x3, kernel_size=3, padding=1)
+        self.expand3x3_bn = nn.BatchNorm2d(f.expand3x3) if bn else nn.Identity()
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+        self.bypass: nn.Module | None = None
+        if layer.bypass == "identity":
+            self.bypass = nn.Identity()
+        elif layer.bypass == "conv":
+            conv = nn.Conv2d(layer.in_channels, f.out_channels, kernel_size=1)
+            self.bypass = nn.Sequential(conv, nn.BatchNorm2d(f.out_channels)) if bn else conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.squeeze_activation(self.squeeze_bn(self.squeeze(x)))
+        out = torch.cat(
+            [
+                self.expand1x1_activation(self.expand1x1_bn(self.expand1x1(s))),
+                self.expand3x3_activation(self.expand3x3_bn(self.expand3x3(s))),
+            ],
+            dim=1,
+        )
+        if self.bypass is not None:
+            out = out + self.bypass(x)
+        return out
+
+
+def _modules(layer: S.Layer) -> list[nn.Module]:
+    if isinstance(layer, S.Conv):
+        mods: list[nn.Module] = [
+            nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, layer.padding)
+        ]
+        if layer.batch_norm:
+            mods.append(nn.BatchNorm2d(layer.out_channels))
+        return [*mods, nn.ReLU(inplace=True)]
+    if isinstance(layer, S.Pool):
+        return [nn.MaxPool2d(layer.kernel, layer.stride, ceil_mode=True)]
+    if isinstance(layer, S.Fire):
+        return [Fire(layer)]
+    if isinstance(layer, S.Dropout):
+        return [nn.Dropout(layer.p)]
+    if isinstance(layer, S.Linear):
+        mods = [nn.Linear(layer.in_features, layer.out_features)]
+        if layer.batch_norm:
+            mods.append(nn.BatchNorm1d(layer.out_features))
+        if layer.relu:
+            mods.append(nn.ReLU(inplace=True))
+        return mods
+    if isinstance(layer, S.GlobalAvgPool):
+        return [nn.AdaptiveAvgPool2d((1, 1))]
+    if isinstance(layer, S.Flatten):
+        return [nn.Flatten()]
+    raise TypeError(f"no module for {layer!r}")
+
+
+class Network(nn.Module):
+    """``features`` then ``classifier``, flattened to (batch, classes) logits, as torchvision."""
+
+    def __init__(self, spec: S.NetSpec):
+        super().__init__()
+        layers = spec.layers()
+        self.spec = spec
+        self.features = nn.Sequential(*[m for layer in layers.features for m in _modules(layer)])
+        self.classifier = nn.Sequential(*[m for layer in layers.classifier for m in _modules(layer)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Xavier-uniform (Keras' default, the study's) or Kaiming-normal weights; zero biases.
+
+    "pytorch" keeps torch's own default initialization. Batch norm starts at scale 1, shift 0.
+    """
+    if scheme == "pytorch":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if scheme == "xavier_uniform":
+                nn.init.xavier_uniform_(m.weight)
+            elif scheme == "kaiming_normal":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                raise ValueError(f"unknown init scheme {scheme!r}")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build(spec: S.NetSpec, seed: int | None = None) -> Network:
+    """The torch model for ``spec``, initialized as ``spec.init`` says (seeded, if given)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = Network(spec)
+    init_weights(model, spec.init)
+    return model
+
+
+MODEL_FORMAT = "fireablate-model/1"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(path: Path, model: Network, extra: dict[str, Any] | None = None) -> None:
+    """One file holding the resolved spec and the weights: what ``train --init`` starts from."""
+    payload = {"format": MODEL_FORMAT, "spec": S.to_dict(model.spec), "state_dict": model.state_dict()}
+    payload.update(extra or {})
+    atomic_save(payload, path)
+
+
+def load_model(path: Path) -> tuple[Network, dict[str, Any]]:
+    """The model saved at ``path`` and the whole saved payload."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say so in one line
+        raise UsageError(f"{path} is not a fireablate model file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise UsageError(f"{path} is not a fireablate model file (saved by 'fireablate build --output')")
+    model = Network(S.from_dict(payload["spec"]))
+    model.load_state_dict(payload["state_dict"])
+    return model, payload
+
+
+def summarize(model: Network) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """(module, type, output shape, parameters) per top-level layer, from a real forward pass.
+
+    The shapes are what torch computes, so they check the spec's own size arithmetic.
+    """
+    spec = model.spec
+    rows: list[tuple[str, str, tuple[int, ...], int]] = []
+    hooks = []
+    for part in ("features", "classifier"):
+        for idx, module in getattr(model, part).named_children():
+            def hook(mod, inputs, output, name=f"{part}.{idx}"):
+                rows.append((name, type(mod).__name__, tuple(output.shape[1:]), sum(p.numel() for p in mod.parameters())))
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return rows

@@ -1,0 +1,253 @@
+"""Named networks, and the overrides a user applies on top of them (``--preset cifar --sr 0.5``).
+
+Parameter counts in the comments are checked by tests/test_presets.py.
+
+The study's adapted SqueezeNet was published without its layer list. ``cifar`` is our reading:
+conv1 with 96 3x3 filters (stride 1, same padding: CIFAR images are only 32 pixels), six fire
+modules with base_e=128, incr_e=128, freq=1, pct3x3=0.5, SR=0.125 (expand widths 128..768), max-pools
+after fire3 and fire5 (32 -> 16 -> 8 pixels), batch norm after every weighted layer, dropout 0.5
+before conv8. That is 1,096,398 parameters, 4.18 MiB: 9% above the study's 3.83 MB. Six modules
+is the depth closest to it (five give 2.53 MiB, seven 6.44 MiB).
+
+With freq=1 no module keeps its input width, so a simple bypass would have nothing to add. The two
+bypass presets therefore use freq=2 (widths 128,128,256,256,384,384), as the SqueezeNet paper's
+own bypass experiments do; their complex bypass then adds 0.55 MiB, close to the study's
++0.56 MB (3.83 -> 4.39). Compare them with ``--preset cifar --freq 2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+from .errors import SpecError, UsageError
+from .spec import AlexNetSpec, FireSpec, Metaparameters, NetSpec, SqueezeNetSpec
+
+_CIFAR = SqueezeNetSpec(
+    name="cifar",
+    meta=Metaparameters(base_e=128, incr_e=128, freq=1, pct3x3=0.5, sr=0.125, n_fire=6),
+    stem_filters=96,
+    stem_kernel=3,
+    stem_stride=1,
+    padding="same",
+    pool_after=(3, 5),
+    batch_norm=True,
+    dropout=0.5,
+    num_classes=10,
+    input_size=32,
+)
+
+
+def _cifar(name: str, **changes: Any) -> SqueezeNetSpec:
+    meta_changes = {k: changes.pop(k) for k in list(changes) if k in _META_FIELDS}
+    meta = dataclasses.replace(_CIFAR.meta, **meta_changes)
+    return dataclasses.replace(_CIFAR, name=name, meta=meta, **changes)
+
+
+_META_FIELDS = {f.name for f in dataclasses.fields(Metaparameters)}
+
+PRESETS: dict[str, NetSpec] = {
+    # SqueezeNet v1.0 for ImageNet, as torchvision builds it: 1,248,424 parameters.
+    "squeezenet1_0": SqueezeNetSpec(name="squeezenet1_0"),
+    # SqueezeNet v1.1: 64 3x3 filters in conv1 and earlier pools; 1,235,496 parameters.
+    "squeezenet1_1": SqueezeNetSpec(name="squeezenet1_1", stem_filters=64, stem_kernel=3, pool_after=(1, 3, 5)),
+    # The study's adapted SqueezeNet (see the module docstring): 1,096,398 parameters.
+    "cifar": _CIFAR,
+    # Identity bypass around fire3, fire5 and fire7 (freq=2): 345,246 parameters.
+    "cifar_simple_bypass": _cifar("cifar_simple_bypass", freq=2, bypass="simple"),
+    # Also a 1x1 conv bypass around fire2, fire4 and fire6 (freq=2): 490,910 parameters.
+    "cifar_complex_bypass": _cifar("cifar_complex_bypass", freq=2, bypass="complex"),
+    # conv1 without padding (32 -> 30 pixels): 1,096,398 parameters, fewer MACs.
+    "cifar_valid_padding": _cifar("cifar_valid_padding", padding="valid"),
+    # The same two pools moved earlier, after conv1 and fire3: 1,096,398 parameters.
+    "cifar_early_pool": _cifar("cifar_early_pool", pool_after=(1, 3)),
+    # The study's best model: freq=2, SR=0.5, an extra 128-filter fire module after conv1,
+    # complex bypass, dropout 0.2 after conv1 and each pool; pools after fire4 and fire6
+    # (the extra module shifts the numbering). 1,542,302 parameters.
+    "cifar_optimized": _cifar(
+        "cifar_optimized",
+        freq=2,
+        sr=0.5,
+        extra_fires=(128,),
+        bypass="complex",
+        extra_dropout=0.2,
+        pool_after=(4, 6),
+    ),
+    # The AlexNet-style baseline: convs 96 5x5, 256 5x5, 384, 384, 256 3x3 (same padding, pools
+    # after conv1, conv2, conv5: 32 -> 4 pixels), dense 4096 -> 1024 -> 1024 -> 10, batch norm,
+    # dropout 0.5 before each dense layer. 8,981,578 parameters, 34.3 MiB (study: 35.9 MB).
+    "alexnet_cifar": AlexNetSpec(name="alexnet_cifar"),
+}
+
+
+def get_preset(name: str) -> NetSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides: one table, so the CLI, sweeps and the calculator agree on names and parsing.
+
+
+def _parse_int(option: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise UsageError(f"--{option} expects a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"--{option} expects a whole number, got {value!r}") from None
+
+
+def _parse_float(option: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        raise UsageError(f"--{option} expects a number, got {value!r}") from None
+
+
+def _parse_bool(option: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"--{option} expects true or false, got {value!r}")
+
+
+def _parse_str(option: str, value: Any) -> str:
+    return str(value).strip()
+
+
+def _parse_ints(option: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        return tuple(_parse_int(option, v) for v in value)
+    text = str(value).strip()
+    if text in ("", "none"):
+        return ()
+    return tuple(_parse_int(option, v) for v in text.split(","))
+
+
+def _parse_fires(option: str, value: Any) -> tuple[FireSpec, ...]:
+    """Explicit modules as 'squeeze:expand1x1:expand3x3,...', e.g. '16:64:64,16:64:64'."""
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    fires = []
+    for item in str(value).split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 3:
+            raise UsageError(f"--{option} expects squeeze:expand1x1:expand3x3 per module, got {item.strip()!r}")
+        fires.append(FireSpec(*(_parse_int(option, p) for p in parts)))
+    return tuple(fires)
+
+
+# name -> (parser, where it lives: "meta" for metaparameters, "net" for the network spec)
+OVERRIDES: dict[str, tuple[Callable[[str, Any], Any], str]] = {
+    "sr": (_parse_float, "meta"),
+    "pct3x3": (_parse_float, "meta"),
+    "base_e": (_parse_int, "meta"),
+    "incr_e": (_parse_int, "meta"),
+    "freq": (_parse_int, "meta"),
+    "n_fire": (_parse_int, "meta"),
+    "fires": (_parse_fires, "net"),
+    "extra_fires": (_parse_ints, "net"),
+    "stem_filters": (_parse_int, "net"),
+    "stem_kernel": (_parse_int, "net"),
+    "stem_stride": (_parse_int, "net"),
+    "padding": (_parse_str, "net"),
+    "pool_after": (_parse_ints, "net"),
+    "bypass": (_parse_str, "net"),
+    "batch_norm": (_parse_bool, "net"),
+    "dropout": (_parse_float, "net"),
+    "extra_dropout": (_parse_float, "net"),
+    "num_classes": (_parse_int, "net"),
+    "in_channels": (_parse_int, "net"),
+    "input_size": (_parse_int, "net"),
+    "init": (_parse_str, "net"),
+}
+
+
+def option_name(field: str) -> str:
+    return field.replace("_", "-")
+
+
+def canonical(name: str) -> str:
+    """'pct3x3', '--base-e' and 'base_e' all name the same override."""
+    key = name.strip().lstrip("-").replace("-", "_").lower()
+    if key not in OVERRIDES:
+        raise UsageError(f"unknown parameter {name!r}; choose one of: {', '.join(option_name(k) for k in OVERRIDES)}")
+    return key
+
+
+def apply_overrides(spec: NetSpec, overrides: dict[str, Any]) -> NetSpec:
+    """A new spec with ``overrides`` (name -> value or its text) applied and validated as one."""
+    meta_changes: dict[str, Any] = {}
+    net_changes: dict[str, Any] = {}
+    for raw_name, raw_value in overrides.items():
+        if raw_value is None:
+            continue
+        key = canonical(raw_name)
+        parse, where = OVERRIDES[key]
+        value = parse(option_name(key), raw_value)
+        (meta_changes if where == "meta" else net_changes)[key] = value
+    if not meta_changes and not net_changes:
+        return spec
+    if isinstance(spec, AlexNetSpec):
+        allowed = {f.name for f in dataclasses.fields(AlexNetSpec)}
+        for key in [*meta_changes, *net_changes]:
+            if key not in allowed:
+                raise UsageError(f"--{option_name(key)} does not apply to {spec.name}: it is not a SqueezeNet")
+        return dataclasses.replace(spec, **net_changes)
+    if "fires" in net_changes:
+        net_changes.setdefault("extra_fires", ())
+        if meta_changes:
+            raise UsageError("--fires lists every module explicitly; it cannot be combined with metaparameters")
+        return dataclasses.replace(spec, meta=None, **net_changes)
+    if meta_changes:
+        if spec.meta is None:
+            raise UsageError(f"{spec.name} lists its fire modules explicitly; metaparameters do not apply")
+        net_changes["meta"] = dataclasses.replace(spec.meta, **meta_changes)
+    return dataclasses.replace(spec, **net_changes)
+
+
+def resolve(preset: str, overrides: dict[str, Any] | None = None) -> NetSpec:
+    """The preset ``preset`` with ``overrides`` applied, checked so that it can be built."""
+    spec = apply_overrides(get_preset(preset), overrides or {})
+    spec.layers()
+    return spec
+
+
+def parse_values(text: str) -> list[str]:
+    """Sweep values: a list 'a,b,c' or an inclusive range 'start:stop:step' (decimal-exact).
+
+    Values stay text so that each override parses them by its own type ('none,simple', '1,2').
+    """
+    text = text.strip()
+    if ":" in text and "," not in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise UsageError(f"--values range must be start:stop:step, got {text!r}")
+        try:
+            start, stop, step = (Decimal(p) for p in parts)
+        except InvalidOperation:
+            raise UsageError(f"--values range must be numbers start:stop:step, got {text!r}") from None
+        if step <= 0 or stop < start:
+            raise UsageError(f"--values range {text!r} is empty: step must be positive and stop >= start")
+        count = int((stop - start) / step) + 1
+        if count > 1000:
+            raise UsageError(f"--values range {text!r} has {count} values; that is surely a typo")
+        return [str(start + i * step) for i in range(count)]
+    values = [v.strip() for v in text.split(",")]
+    if not all(values):
+        raise UsageError(f"--values has an empty item: {text!r}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"--values lists a value twice: {text!r}")
+    return values
