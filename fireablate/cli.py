@@ -4,7 +4,6 @@ torch, pandas and seaborn are imported inside the commands that need them, so ``
 ``count-params`` start in a fraction of a second. Errors the user can fix are one line on stderr.
 """
 
-from __future__ import annotations
 
 import functools
 import inspect
@@ -117,7 +116,8 @@ PresetOption = Annotated[
 def spec_options(func: Callable) -> Callable:
     """Adds one option per spec override to a command; they arrive as ``overrides`` (name -> value).
 
-    Declaring them once keeps every command's names, types and help identical.
+    Declaring them once keeps every command's names, types and help identical. (This module has
+    no ``from __future__ import annotations``: typer must see the real Annotated objects.)
     """
     sig = inspect.signature(func)
     params = [p for p in sig.parameters.values() if p.name != "overrides"]

@@ -1,0 +1,110 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from fireablate import __version__
+from fireablate.cli import app
+from fireablate.model import load_model
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_version_and_help():
+    assert run("--version").stdout.strip() == f"fireablate {__version__}"
+    bare = run()
+    assert bare.exit_code == 0 and "count-params" in bare.stdout and "build" in bare.stdout
+
+
+@pytest.mark.parametrize("command", ["count-params", "build"])
+def test_every_command_has_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert f"fireablate {command} --preset" in result.stdout
+
+
+def test_count_params_totals():
+    result = run("count-params", "--preset", "squeezenet1_0")
+    assert result.exit_code == 0
+    assert "1,248,424 parameters, 4.76 MiB" in result.stdout
+
+
+def test_count_params_json_per_layer():
+    data = json.loads(run("count-params", "--preset", "cifar", "--sr", "0.5", "--json", "--per-layer", "--bits", "8").stdout)
+    assert data["params"] == sum(layer["params"] for layer in data["layers"])
+    assert data["mib_8bit"] == pytest.approx(data["mib"] / 4, abs=1e-3)
+    assert data["flops"] == 2 * data["macs"]
+    assert data["layers"][1]["name"] == "fire2/squeeze" and data["layers"][1]["out_channels"] == 64
+
+
+def test_count_params_sweep_preview():
+    rows = json.loads(run("count-params", "--param", "sr", "--values", "0.125,0.25,0.5,0.75,1.0", "--json").stdout)
+    assert [r["sr"] for r in rows] == ["0.125", "0.25", "0.5", "0.75", "1.0"]
+    assert rows[0]["params"] == 1_096_398
+    assert all(a["params"] < b["params"] for a, b in zip(rows, rows[1:]))
+    table = run("count-params", "--param", "pct3x3", "--values", "0.01,0.5,0.99")
+    assert table.exit_code == 0 and "0.99" in table.stdout
+
+
+def test_count_params_single_fire_module():
+    result = run("count-params", "--fire", "--in-channels", "256", "--expand", "512", "--sr", "0.125")
+    assert result.exit_code == 0
+    assert "180,224" in result.stdout and "1,179,648" in result.stdout and "84.72% fewer" in result.stdout
+    data = json.loads(run("count-params", "--fire", "--in-channels", "256", "--expand", "512", "--squeeze", "64", "--json").stdout)
+    assert data["fire_weights"] == 180_224 and round(data["reduction"], 4) == 0.8472
+
+
+def test_build_checks_counts_and_saves(tmp_path):
+    result = run("build", "--preset", "cifar", "--freq", "2", "--bypass", "complex", "--output", str(tmp_path / "m.pt"))
+    assert result.exit_code == 0, result.output
+    assert "490,910 parameters" in result.stdout and "matching the calculator" in result.stdout
+    model, payload = load_model(tmp_path / "m.pt")
+    assert model.spec.bypass == "complex" and model.spec.meta.freq == 2
+
+
+def test_build_json_is_the_resolved_spec():
+    data = json.loads(run("build", "--preset", "cifar_optimized", "--json").stdout)
+    assert data["meta"]["sr"] == 0.5 and data["extra_fires"] == [128] and data["type"] == "squeezenet"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["count-params", "--sr", "1.5"], "--sr must be in (0, 1]"),
+        (["count-params", "--sr", "abc"], "'--sr'"),
+        (["count-params", "--preset", "nope"], "unknown preset 'nope'; choose one of: squeezenet1_0"),
+        (["count-params", "--base-e", "16", "--incr-e", "0", "--sr", "0.01"], "fire2: squeeze = SR x e = 0.01 x 16"),
+        (["count-params", "--input-size", "4"], "input too small"),
+        (["count-params", "--srr", "0.5"], "No such option: --srr"),
+        (["build", "--bypass", "simple"], "simple bypass has nothing to bypass"),
+        (["count-params", "--bits", "4"], "--bits must be 32, 16, 8 or 6"),
+        (["count-params", "--fire", "--expand", "512"], "--fire needs --in-channels"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fireablate: error: ")
+    assert message in lines[0]
+
+
+def test_python_dash_m_and_no_torch_for_the_calculator():
+    help_text = subprocess.run([sys.executable, "-m", "fireablate", "--help"], capture_output=True, text=True, check=True)
+    assert "count-params" in help_text.stdout
+    probe = (
+        "import sys; from fireablate.cli import app; "
+        "sys.argv = ['fireablate', 'count-params', '--preset', 'squeezenet1_0']\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'count-params imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "1,248,424" in result.stdout

@@ -1,0 +1,135 @@
+import math
+import random
+
+import pytest
+import torch
+import torchvision
+
+from fireablate.errors import SpecError, UsageError
+from fireablate.model import Fire, build, load_model, save_model, summarize
+from fireablate.params import count
+from fireablate.presets import PRESETS
+from fireablate.spec import Metaparameters, SqueezeNetSpec
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_calculator_equals_torch_for_every_preset(name):
+    assert n_params(build(PRESETS[name])) == count(PRESETS[name]).params
+
+
+def _random_specs(n, seed=0):
+    rng = random.Random(seed)
+    made = 0
+    while made < n:
+        n_fire = rng.randint(1, 6)
+        try:
+            spec = SqueezeNetSpec(
+                meta=Metaparameters(
+                    base_e=rng.choice([8, 16, 24, 48, 64]),
+                    incr_e=rng.choice([0, 8, 16, 32]),
+                    freq=rng.randint(1, 3),
+                    pct3x3=rng.choice([0.1, 0.25, 0.37, 0.5, 0.75, 0.9]),
+                    sr=rng.choice([0.125, 0.2, 0.33, 0.5, 0.75, 1.0]),
+                    n_fire=n_fire,
+                ),
+                extra_fires=tuple(rng.choice([8, 16]) for _ in range(rng.randint(0, 1))),
+                stem_filters=rng.choice([8, 16, 32]),
+                stem_kernel=rng.choice([1, 3, 5]),
+                stem_stride=rng.choice([1, 2]),
+                padding=rng.choice(["same", "valid"]),
+                pool_after=tuple(sorted(rng.sample(range(1, n_fire + 2), rng.randint(0, 2)))),
+                bypass=rng.choice(["none", "complex"]),
+                batch_norm=rng.random() < 0.5,
+                num_classes=rng.choice([2, 10, 100]),
+                in_channels=rng.choice([1, 3]),
+                input_size=rng.choice([16, 32]),
+            )
+            spec.layers()
+        except SpecError:
+            continue
+        made += 1
+        yield spec
+
+
+@pytest.mark.parametrize("spec", list(_random_specs(40)), ids=lambda s: "random")
+def test_calculator_equals_torch_for_random_metaparameters(spec):
+    model = build(spec)
+    assert n_params(model) == count(spec).params
+    # the spec's size arithmetic agrees with the shapes torch computes
+    out = model.eval()(torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size))
+    assert out.shape == (1, spec.num_classes)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_forward_and_backward_for_every_preset(name):
+    spec = PRESETS[name]
+    size = min(spec.input_size, 128) if "squeezenet" in name else spec.input_size  # keep ImageNet nets quick
+    torch.manual_seed(0)
+    model = build(spec)
+    x = torch.randn(2, spec.in_channels, size, size)
+    logits = model(x)
+    assert logits.shape == (2, spec.num_classes)
+    assert torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_0", "squeezenet1_1"])
+def test_same_parameters_and_outputs_as_torchvision(name):
+    ours, theirs = build(PRESETS[name]), getattr(torchvision.models, name)()
+    assert [(k, v.shape) for k, v in ours.named_parameters()] == [(k, v.shape) for k, v in theirs.named_parameters()]
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+
+
+def test_torchvision_names_and_fire_modules():
+    model = build(PRESETS["cifar"])
+    fires = [m for m in model.features if isinstance(m, Fire)]
+    assert len(fires) == 6
+    assert {"squeeze", "expand1x1", "expand3x3"} <= dict(fires[0].named_children()).keys()
+    assert hasattr(model, "classifier")
+
+
+def test_xavier_uniform_init_by_default():
+    model = build(PRESETS["cifar"], seed=0)
+    conv = model.features[0]
+    fan_in, fan_out = conv.in_channels * 9, conv.out_channels * 9
+    bound = math.sqrt(6 / (fan_in + fan_out))
+    assert conv.weight.abs().max() <= bound
+    assert conv.weight.abs().max() > 0.9 * bound  # uniform fills its range; torch's default is narrower
+    assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_seeded_build_is_reproducible():
+    a, b = build(PRESETS["cifar"], seed=3), build(PRESETS["cifar"], seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = build(PRESETS["cifar_optimized"], seed=1)
+    save_model(tmp_path / "m.pt", model)
+    loaded, payload = load_model(tmp_path / "m.pt")
+    assert loaded.spec == model.spec
+    assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(UsageError, match="model file not found"):
+        load_model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(UsageError, match="is not a fireablate model file"):
+        load_model(tmp_path / "junk.pt")
+
+
+def test_summarize_reports_real_shapes():
+    rows = summarize(build(PRESETS["cifar"]))
+    assert rows[0][:3] == ("features.0", "Conv2d", (96, 32, 32))
+    assert rows[-1][2] == (10, 1, 1)
+    assert sum(r[3] for r in rows) == count(PRESETS["cifar"]).params
