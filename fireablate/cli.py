@@ -104,7 +104,7 @@ _SPEC_HELP: dict[str, tuple[Any, str]] = {
     "num_classes": (Optional[int], "Output classes."),
     "in_channels": (Optional[int], "Input image channels."),
     "input_size": (Optional[int], "Input image side in pixels."),
-    "init": (Optional[str], "Weight init: xavier_uniform, kaiming_normal or pytorch."),
+    "weight_init": (Optional[str], "Weight init: xavier_uniform, kaiming_normal or pytorch."),
 }
 assert set(_SPEC_HELP) == set(OVERRIDES), "every override needs a CLI option"
 
@@ -329,6 +329,159 @@ def build(
     if output is not None:
         save_model(output, model, {"seed": seed})
         (err if as_json else out).print(f"saved spec and initial weights to {output}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _train_options(func: Callable) -> Callable:
+    """Adds the data, recipe and speed options of one training run; they arrive as ``config``."""
+    from_cli: dict[str, tuple[Any, Any, Any]] = {
+        "data": (str, "cifar10", typer.Option("--data", help="cifar10, synthetic, or a folder with train/ and test/ (ImageFolder layout).", rich_help_panel="Data")),
+        "data_dir": (Optional[str], None, typer.Option("--data-dir", help="Where CIFAR-10 lives or is downloaded to (default: $FIREABLATE_DATA or the user cache).", rich_help_panel="Data")),
+        "limit_train": (Optional[int], None, typer.Option("--limit-train", help="Use N training images, balanced over classes.", rich_help_panel="Data")),
+        "limit_test": (Optional[int], None, typer.Option("--limit-test", help="Use N test images, balanced over classes.", rich_help_panel="Data")),
+        "augment": (Optional[str], None, typer.Option("--augment", help="study, flipcrop or none (default: the recipe's).", rich_help_panel="Recipe")),
+        "recipe": (str, "study", typer.Option("--recipe", help="study, step or fast.", rich_help_panel="Recipe")),
+        "epochs": (Optional[int], None, typer.Option("--epochs", help="Most epochs (default: the recipe's).", rich_help_panel="Recipe")),
+        "batch_size": (int, 128, typer.Option("--batch-size", help="Images per step.", rich_help_panel="Recipe")),
+        "lr": (Optional[float], None, typer.Option("--lr", help="Peak learning rate (default: the recipe's).", rich_help_panel="Recipe")),
+        "weight_decay": (Optional[float], None, typer.Option("--weight-decay", help="On conv and dense weights (default: the recipe's).", rich_help_panel="Recipe")),
+        "seed": (int, 0, typer.Option("--seed", help="Seeds the weights, the shuffling and the augmentation.", rich_help_panel="Recipe")),
+        "device": (str, "auto", typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Speed")),
+        "precision": (str, "auto", typer.Option("--precision", help="auto (bf16 on CUDA and AMX CPUs), fp32, bf16 or fp16.", rich_help_panel="Speed")),
+        "compile": (bool, False, typer.Option("--compile", help="torch.compile the model.", rich_help_panel="Speed")),
+    }
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.name != "config"]
+    for name, (annotation, default, option) in from_cli.items():
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, option]))
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .train import TrainConfig
+
+        values = {name: kwargs.pop(name) for name in from_cli if name in kwargs}
+        return func(*args, config=TrainConfig(**values), **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _spec_for_training(preset: Optional[str], overrides: dict[str, Any], init: Optional[Path]):
+    from .presets import resolve
+
+    if init is None:
+        return resolve(preset or "cifar", overrides)
+    if preset is not None or overrides:
+        raise UsageError("--init takes the network from its file; drop --preset and the network options")
+    from .model import load_model
+
+    return load_model(init)[0].spec
+
+
+class _TrainDisplay:
+    """Rich progress bars for epochs and steps, and one line per epoch."""
+
+    def __init__(self, label: str = ""):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.label = label
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=out, transient=True,
+        )
+        self.epochs = self.steps = None
+
+    def __call__(self, event: str, **info: Any) -> None:
+        p = self.progress
+        if event == "start":
+            r = info["recipe"]
+            resumed = f", resuming after epoch {info['start_epoch']}" if info["start_epoch"] else ""
+            out.print(
+                f"{self.label}run {info['run_id']}: {info['params']:,} parameters on {info['device']} ({info['precision']}), "
+                f"{info['n_train']:,} training images, {info['n_test']:,} validation images (the test split, as in the study){resumed}"
+            )
+            out.print(f"  recipe {r.name}: {r.about}; augment {r.augment}; output {info['out_dir']}")
+            p.start()
+            self.epochs = p.add_task("epochs", total=info["epochs"], completed=info["start_epoch"])
+            self.steps = p.add_task("steps", total=info["steps"])
+        elif event == "step":
+            p.update(self.steps, completed=info["step"])
+        elif event == "epoch":
+            p.update(self.epochs, completed=info["epoch"])
+            p.update(self.steps, completed=0)
+            best = " *" if info["best_epoch"] == info["epoch"] else ""
+            p.console.print(
+                f"  epoch {info['epoch']:>3}  loss {info['train_loss']:.4f}  train {info['train_acc']:.2%}  "
+                f"val loss {info['val_loss']:.4f}  val {info['val_acc']:.2%}{best}  lr {info['lr']:.2e}  "
+                f"{info['images_per_sec']:,.0f} img/s  {info['tflops']:.3f} TFLOP/s",
+                highlight=False,
+            )
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _print_result(result) -> None:
+    if result.status == "done":
+        out.print(
+            f"[bold]best val accuracy {result.best_val_acc:.2%}[/bold] (epoch {result.best_epoch} of {result.epochs}), "
+            f"final {result.final_val_acc:.2%}; {result.train_time_s:.0f} s training, "
+            f"{result.images_per_sec:,.0f} img/s; {result.params:,} parameters, {result.mib:.2f} MiB"
+        )
+        if result.message:
+            out.print(f"  {result.message}")
+        out.print(f"  weights, history and checkpoint in {result.out_dir}")
+
+
+@app.command()
+@_train_options
+@spec_options
+def train(
+    preset: Annotated[
+        Optional[str], typer.Option("--preset", "-p", help=f"Starting network (default cifar): {', '.join(PRESETS)}.", rich_help_panel="Network")
+    ] = None,
+    init: Annotated[
+        Optional[Path], typer.Option("--init", help="Start from a model file written by 'build --output' (its network too).")
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Output folder (default runs/RUN_ID); an unfinished run there continues.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Insist on continuing the checkpoint in --out.")] = False,
+    *,
+    overrides: dict[str, Any],
+    config: Any,
+) -> None:
+    """Train one model and report its best validation accuracy.
+
+    Writes best.pt and last.pt (spec and weights), history.csv (one row per epoch), result.json and
+    a checkpoint each epoch; running the same command again continues an interrupted run.
+
+    Examples:
+
+      fireablate train --preset cifar --data synthetic --epochs 3
+
+      fireablate train --preset cifar --data ./cifar10-jpeg --recipe fast --out runs/fast
+
+      fireablate train --preset cifar_optimized --recipe step --device cuda
+    """
+    import dataclasses
+
+    from .train import train as run_training
+
+    spec = _spec_for_training(preset, overrides, init)
+    if init is not None:
+        config = dataclasses.replace(config, init=str(init))
+    display = _TrainDisplay()
+    try:
+        result = run_training(spec, config, out_dir=out_dir, progress=display, resume=resume)
+    finally:
+        display.close()
+    _print_result(result)
+    if result.status != "done":
+        raise FireablateError(f"training {result.status}: {result.message}")
 
 
 def main() -> None:

@@ -119,11 +119,11 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 
 
 def build(spec: S.NetSpec, seed: int | None = None) -> Network:
-    """The torch model for ``spec``, initialized as ``spec.init`` says (seeded, if given)."""
+    """The torch model for ``spec``, initialized as ``spec.weight_init`` says (seeded, if given)."""
     if seed is not None:
         torch.manual_seed(seed)
     model = Network(spec)
-    init_weights(model, spec.init)
+    init_weights(model, spec.weight_init)
     return model
 
 

@@ -171,7 +171,7 @@ OVERRIDES: dict[str, tuple[Callable[[str, Any], Any], str]] = {
     "num_classes": (_parse_int, "net"),
     "in_channels": (_parse_int, "net"),
     "input_size": (_parse_int, "net"),
-    "init": (_parse_str, "net"),
+    "weight_init": (_parse_str, "net"),
 }
 
 

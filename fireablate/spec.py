@@ -290,14 +290,14 @@ class SqueezeNetSpec:
     num_classes: int = 1000
     in_channels: int = 3
     input_size: int = 224
-    init: Init = "xavier_uniform"  # the study's (Keras') default; "pytorch" keeps torch's own
+    weight_init: Init = "xavier_uniform"  # the study's (Keras') default; "pytorch" keeps torch's own
 
     def __post_init__(self) -> None:
         for name in ("stem_filters", "stem_kernel", "stem_stride", "num_classes", "in_channels", "input_size"):
             _check_int(name, getattr(self, name), 1)
         _check_choice("padding", self.padding, PADDINGS)
         _check_choice("bypass", self.bypass, BYPASSES)
-        _check_choice("init", self.init, INITS)
+        _check_choice("weight-init", self.weight_init, INITS)
         _check_dropout("dropout", self.dropout)
         _check_dropout("extra-dropout", self.extra_dropout)
         for e in self.extra_fires:
@@ -385,7 +385,7 @@ class AlexNetSpec:
     num_classes: int = 10
     in_channels: int = 3
     input_size: int = 32
-    init: Init = "xavier_uniform"
+    weight_init: Init = "xavier_uniform"
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "in_channels", "input_size"):
@@ -396,7 +396,7 @@ class AlexNetSpec:
         for h in self.hidden:
             _check_int("hidden", h, 1)
         _check_dropout("dropout", self.dropout)
-        _check_choice("init", self.init, INITS)
+        _check_choice("weight-init", self.weight_init, INITS)
 
     def layers(self) -> Layers:
         _check_pool_positions(self.pool_after, len(self.convs), f"convs are 1 to {len(self.convs)}")

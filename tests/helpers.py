@@ -1,0 +1,58 @@
+"""Small real datasets and networks that tests build for themselves."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fireablate.presets import resolve
+
+# A cifar-shaped network small enough to train for a few steps in a second or two.
+TINY = resolve("cifar", {"stem_filters": 16, "base_e": 16, "incr_e": 16, "n_fire": 3, "pool_after": "2,3"})
+
+
+def write_png(img: torch.Tensor, path: Path) -> None:
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+
+
+def write_image_folder(root: Path, per_class: int = 4, classes=("cat", "dog", "ship"), size: int = 8, seed: int = 0) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                img = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
+                img[c % 3] = 255  # a class signal
+                write_png(img, folder / f"{i:04d}.png")
+    return root
+
+
+def write_cifar_archive(folder: Path, per_batch: int = 20, seed: int = 0) -> tuple[Path, str]:
+    """cifar-10-python.tar.gz in the official layout and pickle format, with random pixels."""
+    rng = np.random.default_rng(seed)
+    src = folder / "src" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in np.arange(per_batch) % 10],
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)],
+        }
+        with open(src / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    meta = {b"label_names": [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]}
+    with open(src / "batches.meta", "wb") as fh:
+        pickle.dump(meta, fh)
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
