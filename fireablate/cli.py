@@ -396,7 +396,9 @@ class _TrainDisplay:
 
     def __call__(self, event: str, **info: Any) -> None:
         p = self.progress
-        if event == "start":
+        if event == "finished_before":
+            out.print(f"{self.label}run {info['run_id']} already finished in {info['out_dir']}; nothing to train")
+        elif event == "start":
             r = info["recipe"]
             resumed = f", resuming after epoch {info['start_epoch']}" if info["start_epoch"] else ""
             out.print(

@@ -386,6 +386,7 @@ def train(
         shuffle_gen.set_state(ck["shuffle_gen"])
         aug_gen.set_state(ck["aug_gen"])
         if ck.get("result") is not None:  # finished before: nothing to do
+            notify("finished_before", run_id=rid, out_dir=str(out))
             return _result_from(ck["result"], spec, config)
     elif resume:
         raise UsageError(f"--resume: no checkpoint in {out}")
@@ -479,16 +480,17 @@ def train(
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "shuffle_gen": shuffle_gen.get_state(), "aug_gen": aug_gen.get_state().cpu(), "result": None,
         }
-        notify("epoch", **row, best_epoch=best_epoch, stopping=stop)
+        result = None
         if finished:
             message = f"early stop: val loss did not improve for {recipe.early_stop} epochs" if stop else ""
             result = _make_result(rid, status, message, spec, config, data, history, best_epoch, train_time,
                                   counts, device, precision, out, started)
             ck["result"] = result.to_dict()
-            atomic_save(ck, ckpt_path)
+        atomic_save(ck, ckpt_path)
+        notify("epoch", **row, best_epoch=best_epoch, stopping=stop)
+        if result is not None:
             _finish(out, result)
             return result
-        atomic_save(ck, ckpt_path)
     result = _make_result(rid, status, message, spec, config, data, history, best_epoch, train_time,
                           counts, device, precision, out, started)
     _finish(out, result)

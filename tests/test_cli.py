@@ -22,7 +22,7 @@ def test_version_and_help():
     assert bare.exit_code == 0 and "count-params" in bare.stdout and "build" in bare.stdout
 
 
-@pytest.mark.parametrize("command", ["count-params", "build"])
+@pytest.mark.parametrize("command", ["count-params", "build", "train"])
 def test_every_command_has_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0
@@ -108,3 +108,53 @@ def test_python_dash_m_and_no_torch_for_the_calculator():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "1,248,424" in result.stdout
+
+
+TINY_ARGS = ["--stem-filters", "16", "--base-e", "16", "--incr-e", "16", "--n-fire", "3", "--pool-after", "2,3"]
+DATA_ARGS = ["--data", "synthetic", "--limit-train", "200", "--limit-test", "100", "--batch-size", "32", "--device", "cpu"]
+
+
+def test_train_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = run("train", *TINY_ARGS, *DATA_ARGS, "--epochs", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "validation images (the test split, as in the study)" in text
+    assert "epoch   2" in text and "img/s" in text and "TFLOP/s" in text
+    assert "best val accuracy" in text and str(out) in text
+    assert (out / "best.pt").is_file() and (out / "history.csv").is_file()
+    again = run("train", *TINY_ARGS, *DATA_ARGS, "--epochs", "2", "--out", str(out))
+    assert again.exit_code == 0 and "already finished" in again.stdout
+
+
+def test_train_from_a_built_file(tmp_path):
+    assert run("build", *TINY_ARGS, "--output", str(tmp_path / "m.pt")).exit_code == 0
+    result = run("train", "--init", str(tmp_path / "m.pt"), *DATA_ARGS, "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    clash = run("train", "--init", str(tmp_path / "m.pt"), "--sr", "0.5", *DATA_ARGS)
+    assert clash.exit_code == 2 and "--init takes the network from its file" in clash.stderr
+
+
+def test_train_diverged_is_one_line_and_nonzero(tmp_path):
+    result = run("train", *TINY_ARGS, *DATA_ARGS, "--recipe", "fast", "--lr", "1e6", "--epochs", "1", "--out", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("fireablate: error: training diverged: loss became")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--batch-size", "0"], 2, "--batch-size must be at least 1"),
+        (["--limit-train", "100000"], 2, "is more than the 2000 training images"),
+        (["--device", "tpu"], 2, "unknown device 'tpu'"),
+        (["--data", "/no/such/folder"], 1, "data folder not found: /no/such/folder"),
+        (["--recipe", "slow"], 2, "unknown recipe 'slow'"),
+    ],
+)
+def test_train_bad_input(tmp_path, args, code, message):
+    base = ["train", *TINY_ARGS, "--data", "synthetic", "--epochs", "1", "--out", str(tmp_path)]
+    result = run(*base, *args)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]

@@ -1,0 +1,172 @@
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from fireablate import data as D
+from fireablate.errors import UsageError
+from fireablate.model import build, load_model, save_model
+from fireablate.params import count
+from fireablate.presets import resolve
+from fireablate.train import RECIPES, TrainConfig, _Schedule, resolve_device, resolve_precision, run_id, train
+
+from .helpers import TINY, extract_real_subset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-20k.tar.gz"
+CFG = TrainConfig(data="synthetic", limit_train=200, limit_test=100, batch_size=32, epochs=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return D.limit(D.synthetic(n_train=400, n_test=200), 200, 100)
+
+
+def _weights(path):
+    return load_model(path)[0].state_dict()
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+
+
+def _metrics(history):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_sec", "tflops")} for row in history]
+
+
+def test_a_short_run_writes_everything(tmp_path, synth):
+    events = []
+    result = train(TINY, CFG, out_dir=tmp_path, data=synth, progress=lambda e, **i: events.append(e))
+    assert result.status == "done" and result.epochs == 2 and len(result.history) == 2
+    assert result.params == count(TINY).params and result.device == "cpu"
+    for name in ("best.pt", "last.pt", "history.csv", "result.json", "checkpoint.pt"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "history.csv").read_text().count("\n") == 3
+    assert events[0] == "start" and events.count("epoch") == 2 and events.count("step") == 2 * 7
+    row = result.history[-1]
+    assert row["images_per_sec"] > 0 and row["tflops"] == pytest.approx(row["images_per_sec"] * 6 * count(TINY).macs / 1e12)
+    assert result.run_id == run_id(TINY, CFG, synth.identity)
+
+
+def test_same_seed_same_results_and_another_seed_differs(tmp_path, synth):
+    a = train(TINY, CFG, out_dir=tmp_path / "a", data=synth)
+    b = train(TINY, CFG, out_dir=tmp_path / "b", data=synth)
+    assert _metrics(a.history) == _metrics(b.history)
+    assert _same_weights(_weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt"))
+    c = train(TINY, dataclasses.replace(CFG, seed=1), out_dir=tmp_path / "c", data=synth)
+    assert c.run_id != a.run_id and _metrics(c.history) != _metrics(a.history)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_identical_results(tmp_path, synth):
+    cfg = dataclasses.replace(CFG, epochs=3)
+    whole = train(TINY, cfg, out_dir=tmp_path / "whole", data=synth)
+
+    def kill_in_epoch_2(event, **info):
+        if event == "step" and info["epoch"] == 1 and info["step"] == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(TINY, cfg, out_dir=tmp_path / "cut", data=synth, progress=kill_in_epoch_2)
+    starts = []
+    resumed = train(TINY, cfg, out_dir=tmp_path / "cut", data=synth, resume=True,
+                    progress=lambda e, **i: starts.append(i.get("start_epoch")) if e == "start" else None)
+    assert starts == [1]
+    assert _metrics(resumed.history) == _metrics(whole.history)
+    assert _same_weights(_weights(tmp_path / "whole" / "last.pt"), _weights(tmp_path / "cut" / "last.pt"))
+    # a finished run is not trained again
+    events = []
+    again = train(TINY, cfg, out_dir=tmp_path / "cut", data=synth, progress=lambda e, **i: events.append(e))
+    assert events == ["finished_before"] and again.best_val_acc == resumed.best_val_acc
+
+
+def test_resume_needs_a_checkpoint_and_the_same_run(tmp_path, synth):
+    with pytest.raises(UsageError, match="no checkpoint"):
+        train(TINY, CFG, out_dir=tmp_path, data=synth, resume=True)
+    train(TINY, dataclasses.replace(CFG, epochs=1), out_dir=tmp_path, data=synth)
+    with pytest.raises(UsageError, match="holds a different run"):
+        train(TINY, dataclasses.replace(CFG, seed=9), out_dir=tmp_path, data=synth)
+
+
+def test_a_diverging_run_stops_with_status_diverged(tmp_path, synth):
+    cfg = dataclasses.replace(CFG, recipe="fast", lr=1e6)
+    result = train(TINY, cfg, out_dir=tmp_path, data=synth)
+    assert result.status == "diverged"
+    assert "loss became" in result.message and "epoch 1" in result.message
+
+
+def test_init_starts_from_a_built_file(tmp_path, synth):
+    model = build(TINY, seed=42)
+    save_model(tmp_path / "init.pt", model)
+    cfg = dataclasses.replace(CFG, epochs=1, init=str(tmp_path / "init.pt"))
+    a = train(TINY, cfg, out_dir=tmp_path / "a", data=synth)
+    b = train(TINY, dataclasses.replace(CFG, epochs=1), out_dir=tmp_path / "b", data=synth)
+    assert a.run_id != b.run_id and _metrics(a.history) != _metrics(b.history)
+    other = resolve("cifar", {"stem_filters": 8, "base_e": 16, "incr_e": 16, "n_fire": 3, "pool_after": "2,3"})
+    with pytest.raises(UsageError, match="different network"):
+        train(other, cfg, out_dir=tmp_path / "c", data=synth)
+
+
+def test_schedules():
+    plateau = _Schedule(RECIPES["study"], 10)
+    stops = [plateau.end_epoch(acc, loss) for acc, loss in [(0.5, 1.0)] + [(0.4, 1.1)] * 5]
+    assert plateau.state["lr"] == 5e-4  # halved once after 3 epochs without a better accuracy
+    assert stops == [False] * 5 + [True]  # stopped after 5 epochs without a lower loss
+    for _ in range(40):
+        plateau.end_epoch(0.1, 2.0)
+    assert plateau.state["lr"] == 1e-6
+    step = _Schedule(RECIPES["step"], 10)
+    assert [step.lr_at_step(e, 0) for e in (0, 49, 50, 69, 70, 85, 99)] == [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-6, 1e-6]
+    fast = _Schedule(dataclasses.replace(RECIPES["fast"], epochs=10), 10)
+    lrs = [fast.lr_at_step(e, s) for e in range(10) for s in range(10)]
+    assert max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) == 19 and lrs[-1] == 0.0
+    assert all(a <= b for a, b in zip(lrs[:19], lrs[1:20])) and all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
+
+
+def test_devices_and_precision():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(UsageError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU is available"):
+            resolve_device("cuda")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"recipe": "slow"}, "unknown recipe 'slow'"),
+        ({"augment": "mixup"}, "unknown augmentation 'mixup'"),
+        ({"precision": "fp8"}, "--precision must be"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+    ],
+)
+def test_bad_config(changes, message):
+    with pytest.raises(UsageError, match=message):
+        dataclasses.replace(CFG, **changes)
+
+
+def test_data_must_fit_the_network(tmp_path, synth):
+    with pytest.raises(UsageError, match="expects 3x64x64 inputs but the synthetic images are 3x32x32"):
+        train(dataclasses.replace(TINY, input_size=64), CFG, out_dir=tmp_path, data=synth)
+    with pytest.raises(UsageError, match="has 7 classes but the data has 10"):
+        train(dataclasses.replace(TINY, num_classes=7), CFG, out_dir=tmp_path, data=synth)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"real images not found at {SHARED}")
+def test_cifar_preset_learns_real_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIREABLATE_CACHE", str(tmp_path / "cache"))
+    extract_real_subset(SHARED, tmp_path, train_per_class=200, test_per_class=100)
+    cfg = TrainConfig(data=str(tmp_path / "cifar10-jpeg"), recipe="fast", epochs=3, device="cpu")
+    result = train(resolve("cifar"), cfg, out_dir=tmp_path / "run")
+    assert result.n_train == 2000 and result.data_source.endswith("cifar10-jpeg")
+    assert result.best_val_acc > 0.25, result.history  # chance is 10%
+    assert math.isfinite(result.best_val_loss)
