@@ -113,6 +113,11 @@ PresetOption = Annotated[
 ]
 
 
+LedgerOption = Annotated[
+    Optional[Path], typer.Option("--ledger", help="The run ledger (default: $FIREABLATE_LEDGER or runs/ledger.csv).")
+]
+
+
 def spec_options(func: Callable) -> Callable:
     """Adds one option per spec override to a command; they arrive as ``overrides`` (name -> value).
 
@@ -452,11 +457,12 @@ def train(
         Optional[Path], typer.Option("--out", help="Output folder (default runs/RUN_ID); an unfinished run there continues.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Insist on continuing the checkpoint in --out.")] = False,
+    ledger: LedgerOption = None,
     *,
     overrides: dict[str, Any],
     config: Any,
 ) -> None:
-    """Train one model and report its best validation accuracy.
+    """Train one model, report its best validation accuracy, and append its row to the ledger.
 
     Writes best.pt and last.pt (spec and weights), history.csv (one row per epoch), result.json and
     a checkpoint each epoch; running the same command again continues an interrupted run.
@@ -473,17 +479,236 @@ def train(
 
     from .train import train as run_training
 
+    from . import ledger as L
+    from .params import count
+
     spec = _spec_for_training(preset, overrides, init)
     if init is not None:
         config = dataclasses.replace(config, init=str(init))
+    ledger_file = L.ledger_path(ledger)
+    L.read(ledger_file)  # a ledger that cannot take the row fails now, not after the training
     display = _TrainDisplay()
+    already = []
+    display_call = display.__call__
+
+    def progress(event: str, **info: Any) -> None:
+        if event == "finished_before":
+            already.append(True)
+        display_call(event, **info)
+
     try:
-        result = run_training(spec, config, out_dir=out_dir, progress=display, resume=resume)
+        result = run_training(spec, config, out_dir=out_dir or None, progress=progress, resume=resume,
+                              default_root=ledger_file.parent)
     finally:
         display.close()
     _print_result(result)
+    if not already:
+        L.append(ledger_file, L.make_row(
+            run_id=result.run_id, status=result.status, spec=spec, config=config, counts=count(spec),
+            data_source=result.data_source, data_identity=result.data_identity, result=result,
+        ))
+        out.print(f"  row appended to {ledger_file}")
     if result.status != "done":
         raise FireablateError(f"training {result.status}: {result.message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep
+
+
+def _value_label(param: Optional[str], value: str) -> str:
+    return f"{param}={value}" if param else "(no sweep)"
+
+
+@app.command()
+@_train_options
+@spec_options
+def sweep(
+    preset: PresetOption = "cifar",
+    param: Annotated[
+        Optional[str], typer.Option("--param", help="The parameter to vary: any network option (sr, pct3x3, bypass, ...) or preset.", rich_help_panel="Sweep")
+    ] = None,
+    values: Annotated[
+        Optional[str], typer.Option("--values", help="'a,b,c' or a range 'start:stop:step'.", rich_help_panel="Sweep")
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Runs per value, with seeds SEED, SEED+1, ...", rich_help_panel="Sweep")] = 1,
+    ledger: LedgerOption = None,
+    out_root: Annotated[
+        Optional[Path], typer.Option("--out", help="Folder for the runs' outputs (default: beside the ledger).", rich_help_panel="Sweep")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan and what is already done; train nothing.", rich_help_panel="Sweep")] = False,
+    rerun_failed: Annotated[bool, typer.Option("--rerun-failed", help="Run failed and diverged runs again.", rich_help_panel="Sweep")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Run every run again, in fresh folders (old rows stay).", rich_help_panel="Sweep")] = False,
+    gpus: Annotated[
+        Optional[str], typer.Option("--gpus", help="Run one worker process per GPU, e.g. '0,1'.", rich_help_panel="Sweep")
+    ] = None,
+    devices: Annotated[
+        Optional[str], typer.Option("--devices", help="Worker devices, one process each, e.g. 'cuda:0,cuda:1' or 'cpu,cpu'.", rich_help_panel="Sweep")
+    ] = None,
+    *,
+    overrides: dict[str, Any],
+    config: Any,
+) -> None:
+    """Train one model per value (and seed), resumably, recording every run in the ledger.
+
+    Runs already done in the ledger are skipped; an interrupted run continues from its last
+    epoch. A failed or diverged run is recorded and the sweep goes on; the exit code is 1 if any
+    run failed.
+
+    Examples:
+
+      fireablate sweep --param sr --values 0.125,0.25,0.5,0.75,1.0 --preset cifar
+
+      fireablate sweep --param pct3x3 --values 0.125:0.875:0.125 --seeds 3 --dry-run
+
+      fireablate sweep --param preset --values cifar,cifar_valid_padding,cifar_early_pool --gpus 0,1
+    """
+    from . import ledger as L
+    from . import sweep as W
+    from .data import load as load_data
+
+    ledger_file = L.ledger_path(ledger)
+    before = L.read(ledger_file)
+    for warning in before.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    W.specs_for(preset, overrides, W.canonical(param) if param and param != "preset" else param,
+                W.parse_values(values) if values else [])  # a bad value fails before any data loads
+    if gpus and devices:
+        raise UsageError("give --gpus or --devices, not both")
+    worker_devices = [f"cuda:{g.strip()}" for g in gpus.split(",")] if gpus else (
+        [d.strip() for d in devices.split(",")] if devices else None)
+    data = load_data(config.data, Path(config.data_dir) if config.data_dir else None, config.limit_train, config.limit_test)
+    runs = W.plan(preset, overrides, param, values, seeds, config, data.identity, ledger_file, out_root)
+    tasks = W.todo(runs, rerun_failed=rerun_failed, force=force)
+    to_run = {t.run_id for t in tasks}
+    label_param = (W.canonical(param) if param and param != "preset" else param)
+    if dry_run:
+        table = Table(title=f"sweep plan: {len(runs)} runs, {len(tasks)} to run (ledger {ledger_file})", title_justify="left")
+        for col in ("#", label_param or "value", "seed", "run id", "parameters", "MiB", "MMACs", "status"):
+            table.add_column(col, justify="right" if col in ("#", "seed", "parameters", "MiB", "MMACs") else "left")
+        for r in runs:
+            if r.run_id in to_run:
+                state = "will resume" if r.has_checkpoint and not force else ("will run again" if r.ledger_status else "will run")
+            else:
+                state = f"{r.ledger_status}, skipped" + (" (--rerun-failed)" if r.ledger_status != "done" else "")
+            table.add_row(str(r.index), r.value, str(r.seed), r.run_id, _fmt_int(r.counts.params),
+                          f"{r.counts.mib():.3f}", f"{r.counts.macs / 1e6:,.1f}", state)
+        out.print(table)
+        return
+    for r in runs:
+        if r.run_id not in to_run:
+            hint = "" if r.ledger_status == "done" else " (--rerun-failed runs it again)"
+            out.print(f"[{r.index}/{len(runs)}] {_value_label(label_param, r.value)} seed {r.seed}: run {r.run_id} already {r.ledger_status}; skipped{hint}")
+    job = W.SweepJob(label_param or "", ledger_file, config.data, config.data_dir, config.limit_train, config.limit_test)
+    if worker_devices:
+        executor: W.Executor = W.DeviceExecutor(worker_devices, forced=force)
+        out.print(f"{len(tasks)} runs on {len(worker_devices)} worker processes: {', '.join(worker_devices)}")
+    else:
+        def progress_for(task):
+            return _TrainDisplay(label=f"[{task.index}/{len(runs)}] {_value_label(label_param, task.value)} seed {task.seed}: ")
+
+        executor = W.SequentialExecutor(data, progress_for, forced=force)
+    finished = []
+    by_id = {r.run_id: r for r in runs}
+    for row in executor.run(tasks, job):
+        finished.append(row)
+        task = by_id.get(row.get("run_id", ""))
+        where = f"{_value_label(label_param, task.value)} seed {task.seed}: " if task else ""
+        if row["status"] == "skipped":
+            out.print(f"  {where}run {row['run_id']} skipped: {row['error']}")
+        elif row["status"] != "done":
+            out.print(f"  {where}run {row['run_id'] or '?'} [red]{row['status']}[/red]: {row.get('error', '')}")
+        elif worker_devices:
+            out.print(f"  {where}run {row['run_id']} done on {row['device']}: best val {float(row['best_val_acc']):.2%}")
+    _sweep_summary(finished, by_id, label_param)
+    bad = [r for r in finished if r["status"] in ("failed", "diverged")]
+    if bad:
+        raise FireablateError(f"{len(bad)} of {len(finished)} runs did not finish (see the table above and {ledger_file})")
+
+
+def _sweep_summary(rows: list[dict[str, Any]], by_id: dict[str, Any], param: Optional[str]) -> None:
+    if not rows:
+        out.print("nothing to run: every run of this grid is already in the ledger")
+        return
+    table = Table(title="sweep summary", title_justify="left")
+    for col in (param or "value", "seed", "run id", "status", "best val acc", "MiB", "epochs", "seconds"):
+        table.add_column(col, justify="left" if col in ("run id", "status", param or "value") else "right")
+    for row in rows:
+        task = by_id.get(row.get("run_id", ""))
+        acc = row.get("best_val_acc")
+        table.add_row(
+            task.value if task else "", str(task.seed) if task else "", row.get("run_id", ""), row["status"],
+            f"{float(acc):.2%}" if acc not in (None, "") and acc == acc else "",
+            f"{task.counts.mib():.3f}" if task else "", str(row.get("epochs", "") or ""),
+            f"{float(row['train_time_s']):.0f}" if row.get("train_time_s") not in (None, "") else "",
+        )
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# runs
+
+
+@app.command()
+def runs(
+    ledger: LedgerOption = None,
+    param: Annotated[Optional[str], typer.Option("--param", help="Only runs of sweeps over this parameter, grouped by its value.")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="Only runs with this status: done, failed or diverged.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the grouped table as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the grouped table as CSV.")] = False,
+) -> None:
+    """The ledger's runs, grouped per variant and value, with mean and sd over seeds.
+
+    Examples:
+
+      fireablate runs
+
+      fireablate runs --param sr --status done
+
+      fireablate runs --ledger examples/ledger.csv --csv
+    """
+    from . import ledger as L
+    from .results import group_runs
+
+    book = L.read(L.ledger_path(ledger), missing_ok=False)
+    for warning in book.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    if status is not None and status not in L.STATUSES:
+        raise UsageError(f"--status must be one of {', '.join(L.STATUSES)}, got {status!r}")
+    if param is not None and param != "preset":
+        from .presets import canonical
+
+        param = canonical(param)
+    groups = group_runs(book.frame(), param=param, status=status)
+    if param is not None:
+        groups = groups.rename(columns={"value": param})
+    if as_json:
+        out.print_json(groups.to_json(orient="records"))
+        return
+    if as_csv:
+        sys.stdout.write(groups.to_csv(index=False))
+        return
+    if groups.empty:
+        out.print(f"no runs match in {book.path}")
+        return
+    table = Table(title=f"{book.path}: {int(groups['runs'].sum())} runs in {len(groups)} groups", title_justify="left")
+    for col in groups.columns:
+        table.add_column(col, justify="left" if col in ("preset", "value", param, "status", "slurm jobs") else "right")
+    for rec in groups.itertuples(index=False):
+        table.add_row(*[_fmt_cell(c, v) for c, v in zip(groups.columns, rec)])
+    out.print(table)
+
+
+def _fmt_cell(column: str, value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return ""
+        if column.startswith("acc"):
+            return f"{value:.2%}"
+        if column == "MiB":
+            return f"{value:.3f}"
+        return f"{value:.2f}" if not value.is_integer() else f"{int(value):,}"
+    return str(value)
 
 
 def main() -> None:

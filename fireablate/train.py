@@ -319,12 +319,14 @@ def train(
     data: ImageData | None = None,
     progress: Progress | None = None,
     resume: bool = False,
+    default_root: Path | None = None,
 ) -> TrainResult:
     """Train ``spec`` as ``config`` says; write checkpoints, weights and history to ``out_dir``.
 
     ``data`` lets a sweep load its dataset once; ``progress(event, **info)`` is told of the start,
     each step and each epoch. An existing checkpoint in ``out_dir`` for the same run is continued;
-    ``resume=True`` insists that there is one.
+    ``resume=True`` insists that there is one. Without ``out_dir`` the run goes to
+    ``default_root/RUN_ID`` (default ``runs/RUN_ID``).
     """
     notify = progress or (lambda event, **info: None)
     recipe = config.resolved_recipe
@@ -343,7 +345,7 @@ def train(
     if len(data.classes) != spec.num_classes:
         raise UsageError(f"{spec.name} has {spec.num_classes} classes but the data has {len(data.classes)}; set --num-classes")
     rid = run_id(spec, config, data.identity)
-    out = Path(out_dir) if out_dir else Path("runs") / rid
+    out = Path(out_dir) if out_dir else Path(default_root or "runs") / rid
     ckpt_path = out / "checkpoint.pt"
     counts = count(spec)
 

@@ -1,0 +1,154 @@
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fireablate import ledger as L
+from fireablate import sweep as W
+from fireablate.cli import app
+from fireablate.data import limit, synthetic
+from fireablate.errors import UsageError
+from fireablate.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+NET = ["--stem-filters", "16", "--base-e", "16", "--incr-e", "16", "--n-fire", "3", "--pool-after", "2,3"]
+DATA = ["--data", "synthetic", "--limit-train", "200", "--limit-test", "100", "--batch-size", "32", "--device", "cpu"]
+NET_OVERRIDES = {"stem_filters": 16, "base_e": 16, "incr_e": 16, "n_fire": 3, "pool_after": "2,3"}
+CFG = TrainConfig(data="synthetic", limit_train=200, limit_test=100, batch_size=32, epochs=2, device="cpu")
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, list(args))
+
+
+def _rows(path):
+    return L.read(path).rows
+
+
+def test_plan_resolves_every_value_and_seed(tmp_path):
+    ledger = tmp_path / "l.csv"
+    runs = W.plan("cifar", NET_OVERRIDES, "sr", "0.25:0.75:0.25", 2, CFG, "data", ledger)
+    assert [(r.value, r.seed) for r in runs] == [(v, s) for v in ("0.25", "0.50", "0.75") for s in (0, 1)]
+    assert len({r.run_id for r in runs}) == 6 and all(r.out_dir == tmp_path / r.run_id for r in runs)
+    assert runs[0].counts.params < runs[-1].counts.params
+    with pytest.raises(UsageError, match="sr=2: --sr must be in"):
+        W.plan("cifar", NET_OVERRIDES, "sr", "0.5,2", 1, CFG, "data", ledger)
+    with pytest.raises(UsageError, match="a value repeats another"):
+        W.plan("cifar", NET_OVERRIDES, "sr", "0.5,0.50", 1, CFG, "data", ledger)
+    by_preset = W.plan("cifar", {}, "preset", "cifar,cifar_early_pool", 1, CFG, "data", ledger)
+    assert [r.spec.name for r in by_preset] == ["cifar", "cifar_early_pool"]
+
+
+def test_sweep_records_every_run_then_skips_them(tmp_path):
+    ledger = tmp_path / "l.csv"
+    args = ["sweep", *NET, *DATA, "--epochs", "1", "--param", "sr", "--values", "0.25,0.5", "--seeds", "2", "--ledger", str(ledger)]
+    dry = cli(*args, "--dry-run")
+    assert dry.exit_code == 0 and dry.stdout.count("will run") == 4 and not ledger.exists()
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    rows = _rows(ledger)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert {(r["sweep_param"], r["sweep_value"], r["sr"]) for r in rows} == {("sr", "0.25", 0.25), ("sr", "0.5", 0.5)}
+    assert all(Path(r["out_dir"]).parent == tmp_path for r in rows)
+    again = cli(*args)
+    assert again.exit_code == 0 and again.stdout.count("already done; skipped") == 4
+    assert "nothing to run" in again.stdout and len(_rows(ledger)) == 4
+    dry = cli(*args, "--dry-run")
+    assert dry.stdout.count("done, skipped") == 4
+    forced = cli(*args, "--force", "--values", "0.25", "--seeds", "1")
+    assert forced.exit_code == 0 and len(_rows(ledger)) == 5  # a new row; the old one stays
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    ledger = tmp_path / "l.csv"
+    data = limit(synthetic(), 200, 100)
+    runs = W.plan("cifar", NET_OVERRIDES, "sr", "0.25,0.5,1.0", 1, CFG, data.identity, ledger)
+    # the middle run diverges (absurd lr), the last one fails (its data does not fit the network)
+    runs[1] = dataclasses.replace(runs[1], config=dataclasses.replace(runs[1].config, recipe="fast", lr=1e6))
+    runs[2] = dataclasses.replace(runs[2], spec=dataclasses.replace(runs[2].spec, num_classes=3))
+    job = W.SweepJob("sr", ledger, "synthetic", None, 200, 100)
+    rows = list(W.SequentialExecutor(data).run(runs, job))
+    assert [r["status"] for r in rows] == ["done", "diverged", "failed"]
+    assert "loss became" in rows[1]["error"] and "has 3 classes but the data has 10" in rows[2]["error"]
+    assert [r["status"] for r in _rows(ledger)] == ["done", "diverged", "failed"]
+
+
+def test_the_cli_sweep_exits_nonzero_when_a_run_fails(tmp_path):
+    ledger = tmp_path / "l.csv"
+    # num-classes 3 against 10-class data: every run fails, each is recorded, exit code 1
+    result = cli("sweep", *NET, *DATA, "--epochs", "1", "--num-classes", "3", "--param", "sr", "--values", "0.25,0.5", "--ledger", str(ledger))
+    assert result.exit_code == 1
+    assert "2 of 2 runs did not finish" in result.stderr and "sweep summary" in result.stdout
+    assert [r["status"] for r in _rows(ledger)] == ["failed", "failed"]
+    rerun = cli("sweep", *NET, *DATA, "--epochs", "1", "--num-classes", "3", "--param", "sr", "--values", "0.25,0.5", "--ledger", str(ledger))
+    assert "already failed; skipped (--rerun-failed runs it again)" in rerun.stdout and len(_rows(ledger)) == 2
+
+
+def test_a_sweep_killed_mid_run_finishes_the_grid_when_restarted(tmp_path):
+    ledger = tmp_path / "l.csv"
+    cmd = [sys.executable, "-m", "fireablate", "sweep", *NET, *DATA, "--epochs", "4", "--param", "sr",
+           "--values", "0.25,0.5,0.75", "--ledger", str(ledger)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    killed_in = None
+    while time.time() < deadline and proc.poll() is None:
+        done = {r["run_id"] for r in _rows(ledger)} if ledger.exists() else set()
+        running = [p.parent for p in tmp_path.glob("*/checkpoint.pt") if p.parent.name not in done]
+        if done and running:  # one run recorded, another part-way through its epochs
+            proc.send_signal(signal.SIGKILL)
+            killed_in = running[0].name
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_in is not None, "the sweep ended before it could be killed mid-run"
+    before = _rows(ledger)
+    assert killed_in not in {r["run_id"] for r in before}
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert second.returncode == 0, second.stderr
+    assert "resuming after epoch" in second.stdout
+    rows = _rows(ledger)
+    assert len(rows) == 3 and len({r["run_id"] for r in rows}) == 3 and {r["status"] for r in rows} == {"done"}
+    assert rows[: len(before)] == before  # nothing rewritten
+    assert all(r["epochs"] == 4 for r in rows)
+
+
+def test_two_worker_processes_on_cpu(tmp_path):
+    ledger = tmp_path / "l.csv"
+    result = cli("sweep", *NET, *DATA, "--epochs", "1", "--param", "sr", "--values", "0.25,0.5,0.75,1.0",
+                 "--devices", "cpu,cpu", "--ledger", str(ledger))
+    assert result.exit_code == 0, result.output
+    assert "4 runs on 2 worker processes: cpu, cpu" in result.stdout
+    rows = _rows(ledger)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"} and {r["device"] for r in rows} == {"cpu"}
+
+
+def test_runs_groups_seeds_and_survives_a_damaged_line(tmp_path):
+    ledger = tmp_path / "l.csv"
+    assert cli("sweep", *NET, *DATA, "--epochs", "1", "--param", "sr", "--values", "0.25,0.5", "--seeds", "2", "--ledger", str(ledger)).exit_code == 0
+    with open(ledger, "a") as fh:
+        fh.write("garbage line\n")
+    result = cli("runs", "--ledger", str(ledger), "--param", "sr")
+    assert result.exit_code == 0
+    assert "line 6: damaged row" in result.stderr
+    csv_out = cli("runs", "--ledger", str(ledger), "--param", "sr", "--csv").stdout
+    import io
+
+    import pandas as pd
+
+    grouped = pd.read_csv(io.StringIO(csv_out))
+    raw = L.read(ledger).frame()
+    expected = raw.groupby("sweep_value")["best_val_acc"].agg(["mean", "std", "count"])
+    assert grouped["sr"].tolist() == [0.25, 0.5]
+    assert grouped["runs"].tolist() == expected["count"].tolist()
+    assert grouped["acc mean"].tolist() == pytest.approx(expected["mean"].tolist())
+    assert grouped["acc sd"].tolist() == pytest.approx(expected["std"].tolist())
+    missing = cli("runs", "--ledger", str(tmp_path / "nope.csv"))
+    assert missing.exit_code == 1 and "ledger not found" in missing.stderr
