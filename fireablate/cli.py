@@ -410,7 +410,7 @@ class _TrainDisplay:
                 f"{self.label}run {info['run_id']}: {info['params']:,} parameters on {info['device']} ({info['precision']}), "
                 f"{info['n_train']:,} training images, {info['n_test']:,} validation images (the test split, as in the study){resumed}"
             )
-            out.print(f"  recipe {r.name}: {r.about}; augment {r.augment}; output {info['out_dir']}")
+            out.print(f"  recipe {r.name}: {r.about}; lr {r.lr:g}, at most {r.epochs} epochs, augment {r.augment}; output {info['out_dir']}")
             p.start()
             self.epochs = p.add_task("epochs", total=info["epochs"], completed=info["start_epoch"])
             self.steps = p.add_task("steps", total=info["steps"])
@@ -709,6 +709,128 @@ def _fmt_cell(column: str, value: Any) -> str:
             return f"{value:.3f}"
         return f"{value:.2f}" if not value.is_integer() else f"{int(value):,}"
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# plot and report
+
+
+def _read_ledgers(paths: Optional[list[Path]]):
+    """One frame from one or more ledgers, with their warnings printed."""
+    import pandas as pd
+
+    from . import ledger as L
+
+    books = [L.read(L.ledger_path(p), missing_ok=False) for p in (paths or [None])]
+    for book in books:
+        for warning in book.warnings:
+            err.print(f"warning: {warning}", markup=False)
+    return pd.concat([b.frame() for b in books], ignore_index=True), [b.path.parent for b in books]
+
+
+LedgersOption = Annotated[
+    Optional[list[Path]], typer.Option("--ledger", help="Ledger(s) to read; repeat for several (default: runs/ledger.csv).")
+]
+
+
+@app.command()
+def plot(
+    run_ids: Annotated[Optional[list[str]], typer.Argument(help="With --kind curves: the runs (id prefixes) to draw.")] = None,
+    ledger: LedgersOption = None,
+    kind: Annotated[str, typer.Option("--kind", help="sweep (accuracy vs the swept value), pareto, or curves.")] = "sweep",
+    param: Annotated[Optional[str], typer.Option("--param", help="With --kind sweep: only this sweep (default: every sweep found).")] = None,
+    errorbar: Annotated[str, typer.Option("--errorbar", help="Over seeds: sd, ci (95%) or none.")] = "sd",
+    color_by: Annotated[str, typer.Option("--color-by", help="With --kind pareto: auto, or a ledger column (preset, sweep_param, ...).")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", help="png, svg or pdf.")] = "png",
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the figures go.")] = Path("figures"),
+) -> None:
+    """Draw the study's figures from the ledger and say where each file went.
+
+    Examples:
+
+      fireablate plot
+
+      fireablate plot --param pct3x3 --errorbar ci --format svg
+
+      fireablate plot --kind pareto --ledger examples/sample/ledger.csv
+
+      fireablate plot --kind curves 3ca98884 7f1c2d0e
+    """
+    from . import plots as P
+
+    if errorbar not in P.ERRORBARS:
+        raise UsageError(f"--errorbar must be sd, ci or none, got {errorbar!r}")
+    if fmt not in ("png", "svg", "pdf"):
+        raise UsageError(f"--format must be png, svg or pdf, got {fmt!r}")
+    if kind not in ("sweep", "pareto", "curves"):
+        raise UsageError(f"--kind must be sweep, pareto or curves, got {kind!r}")
+    if run_ids and kind != "curves":
+        raise UsageError("run ids go with --kind curves")
+    df, ledger_dirs = _read_ledgers(ledger)
+    written = []
+    if kind == "sweep":
+        if param is not None and param != "preset":
+            from .presets import canonical
+
+            param = canonical(param)
+        params = [param] if param else P.sweeps_in(df)
+        if not params:
+            raise FireablateError("nothing to plot: the ledger has no sweep with two or more values of done runs")
+        for p in params:
+            written.append(P.save(P.sweep_figure(df, p, errorbar), out_dir / f"accuracy_vs_{p}.{fmt}"))
+    elif kind == "pareto":
+        written.append(P.save(P.pareto_figure(df, color_by), out_dir / f"pareto.{fmt}"))
+    else:
+        if not run_ids:
+            raise UsageError("--kind curves needs one or more run ids (see 'fireablate runs')")
+        histories = P.find_histories(df, run_ids, ledger_dirs)
+        name = "curves_" + "_".join(r[:8] for r in run_ids)
+        written.append(P.save(P.curves_figure(histories), out_dir / f"{name}.{fmt}"))
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def report(
+    ledger: LedgersOption = None,
+    baseline: Annotated[str, typer.Option("--baseline", help="The variant sizes are compared with.")] = "alexnet_cifar",
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+) -> None:
+    """A table like the study's Table I: size, accuracy over seeds, and size against a baseline.
+
+    Examples:
+
+      fireablate report
+
+      fireablate report --ledger examples/sample/ledger.csv --markdown
+
+      fireablate report --baseline cifar --csv
+    """
+    from .results import report_table, to_markdown
+
+    df, _ = _read_ledgers(ledger)
+    table = report_table(df, baseline)
+    if markdown:
+        sys.stdout.write(to_markdown(table))
+        return
+    if as_csv:
+        sys.stdout.write(table.to_csv(index=False))
+        return
+    t = Table(title="Top-1 validation accuracy by model variant", title_justify="left")
+    for col in table.columns:
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for rec in table.itertuples(index=False):
+        t.add_row(*[
+            "" if isinstance(v, float) and v != v else
+            f"{v:.1f}x" if c == "smaller than baseline" else
+            f"{v:.2f}" if isinstance(v, float) else
+            f"{v:,}" if c == "params" else str(v)
+            for c, v in zip(table.columns, rec)
+        ])
+    out.print(t)
+    if not (table["model"] == baseline).any():
+        out.print(f"(no done run of {baseline!r} in the ledger: sizes are not compared)")
 
 
 def main() -> None:

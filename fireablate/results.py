@@ -14,6 +14,10 @@ VARIANT_COLUMNS = ["preset", *SPEC_COLUMNS, "data_identity", "n_train", "recipe"
                    "lr", "weight_decay", "max_epochs"]
 
 
+def _variant_keys(df: pd.DataFrame) -> pd.Series:
+    return df[VARIANT_COLUMNS].apply(lambda r: "|".join(map(str, r)), axis=1)
+
+
 def _numeric_first(values: pd.Series) -> pd.Series:
     """Sort key: numbers by value, then text."""
     as_num = pd.to_numeric(values, errors="coerce")
@@ -28,8 +32,7 @@ def group_runs(df: pd.DataFrame, param: str | None = None, status: str | None = 
         df = df[df["sweep_param"] == param]
     if df.empty:
         return pd.DataFrame(columns=["preset", "value", "runs", "done", "acc mean", "acc sd", "MiB", "params", "epochs", "status"])
-    keys = df[VARIANT_COLUMNS].astype(str)
-    df = df.assign(_key=keys.apply(lambda r: "|".join(r), axis=1))
+    df = df.assign(_key=_variant_keys(df))
     rows = []
     for _, g in df.groupby("_key", sort=False):
         done = g[g["status"] == "done"]
@@ -51,3 +54,84 @@ def group_runs(df: pd.DataFrame, param: str | None = None, status: str | None = 
     if param is not None:
         out = out.sort_values("value", key=_numeric_first, kind="stable").reset_index(drop=True)
     return out
+
+
+def _differs(a, b) -> bool:
+    try:
+        return abs(float(a) - float(b)) > 1e-12
+    except (TypeError, ValueError):
+        return str(a) != str(b)
+
+
+def variant_label(row: pd.Series) -> str:
+    """The preset's name plus what differs from it, e.g. 'cifar (sr=0.5, freq=2)'."""
+    from .ledger import spec_columns
+    from .presets import PRESETS
+
+    preset = PRESETS.get(row["preset"])
+    if preset is None:
+        return str(row["preset"])
+    base = spec_columns(preset)
+    diffs = []
+    for col in SPEC_COLUMNS:
+        if col == "network" or col not in base:
+            continue
+        value = row[col]
+        blank = value is None or (isinstance(value, float) and value != value) or value == ""
+        if blank and base[col] in ("", None):
+            continue
+        if _differs(value, base[col]):
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            diffs.append(f"{col}={shown}")
+    return f"{row['preset']} ({', '.join(diffs)})" if diffs else str(row["preset"])
+
+
+def report_table(df: pd.DataFrame, baseline: str | None = "alexnet_cifar") -> pd.DataFrame:
+    """Table I: one row per model variant with size, accuracy (mean, sd, n) and size vs baseline."""
+    d = df[df["status"] == "done"]
+    if d.empty:
+        raise_empty()
+    d = d.assign(_key=_variant_keys(d))
+    rows = []
+    for _, g in d.groupby("_key", sort=False):
+        first = g.iloc[0]
+        rows.append({
+            "model": variant_label(first),
+            "MB": first["mib"],
+            "params": int(first["params"]),
+            "acc mean": g["best_val_acc"].mean() * 100,
+            "acc sd": g["best_val_acc"].std(ddof=1) * 100 if len(g) > 1 else float("nan"),
+            "runs": len(g),
+        })
+    table = pd.DataFrame(rows)
+    base = table[table["model"] == baseline] if baseline else table.iloc[0:0]
+    table["smaller than baseline"] = base["MB"].iloc[0] / table["MB"] if len(base) else float("nan")
+    return table.sort_values("MB", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def raise_empty() -> None:
+    from .errors import FireablateError
+
+    raise FireablateError("nothing to report: the ledger has no done runs")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c == "model" else "---:" for c in cols) + "|"]
+    for rec in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_md(c, v) for c, v in zip(cols, rec)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md(col: str, v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return ""
+        if col == "smaller than baseline":
+            return f"{v:.1f}x"
+        if col.startswith("acc"):
+            return f"{v:.2f}"
+        return f"{v:.2f}"
+    if isinstance(v, int) and col == "params":
+        return f"{v:,}"
+    return str(v)

@@ -54,16 +54,16 @@ RECIPES: dict[str, Recipe] = {
     # min_lr 1e-6) and EarlyStopping(val_loss, patience 5), at most 100 epochs.
     "study": Recipe("study", "adam", 1e-3, 100, 0.0, 0.0, "study", "plateau", 5,
                     "Adam 1e-3; halve lr after 3 epochs without better val accuracy (floor 1e-6); "
-                    "stop after 5 epochs without lower val loss; at most 100 epochs"),
+                    "stop after 5 epochs without lower val loss"),
     # The study's schedule for its optimized model.
     "step": Recipe("step", "adam", 1e-3, 100, 0.0, 0.0, "study", "step", None,
-                   "Adam; lr 1e-3, 1e-4 from epoch 51, 1e-5 from 71, 1e-6 from 86; 100 epochs, no early stop"),
+                   "Adam; lr 1e-3, 1e-4 from epoch 51, 1e-5 from 71, 1e-6 from 86; no early stop"),
     # Ours: the usual fast CIFAR recipe. A short linear warm-up avoids the early blow-up of a high
     # SGD lr on freshly initialized batch norm; the linear decay to zero anneals without tuning
     # milestones; label smoothing and flip+crop regularize a short run.
     "fast": Recipe("fast", "sgd", 0.1, 30, 5e-4, 0.1, "flipcrop", "warmup_linear", None,
-                   "SGD Nesterov 0.9, lr 0.1 warm-up over 2 epochs then linear decay to 0, "
-                   "weight decay 5e-4, label smoothing 0.1, flip+crop; 30 epochs"),
+                   "SGD Nesterov 0.9, warm-up over 2 epochs then linear decay to 0, "
+                   "weight decay 5e-4, label smoothing 0.1"),
 }
 STEP_MILESTONES = ((50, 1e-4), (70, 1e-5), (85, 1e-6))  # (epochs done, lr from then on)
 PLATEAU_PATIENCE, PLATEAU_FACTOR, MIN_LR = 3, 0.5, 1e-6
