@@ -545,6 +545,15 @@ def sweep(
     devices: Annotated[
         Optional[str], typer.Option("--devices", help="Worker devices, one process each, e.g. 'cuda:0,cuda:1' or 'cpu,cpu'.", rich_help_panel="Sweep")
     ] = None,
+    executor_name: Annotated[str, typer.Option("--executor", help="local, or slurm (one job array element per run).", rich_help_panel="Slurm")] = "local",
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition.", rich_help_panel="Slurm")] = None,
+    time_limit: Annotated[str, typer.Option("--time", help="Time limit per run, e.g. 2:00:00.", rich_help_panel="Slurm")] = "2:00:00",
+    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", help="GPUs per run.", rich_help_panel="Slurm")] = 0,
+    cpus_per_run: Annotated[Optional[int], typer.Option("--cpus-per-run", help="CPUs per run.", rich_help_panel="Slurm")] = None,
+    mem: Annotated[Optional[str], typer.Option("--mem", help="Memory per run, e.g. 16G.", rich_help_panel="Slurm")] = None,
+    max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", help="Most runs at once.", rich_help_panel="Slurm")] = None,
+    slurm_folder: Annotated[Optional[Path], typer.Option("--slurm-folder", help="Job scripts and logs (default: slurm/ beside the ledger).", rich_help_panel="Slurm")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the jobs, showing their states.", rich_help_panel="Slurm")] = True,
     *,
     overrides: dict[str, Any],
     config: Any,
@@ -600,7 +609,21 @@ def sweep(
             hint = "" if r.ledger_status == "done" else " (--rerun-failed runs it again)"
             out.print(f"[{r.index}/{len(runs)}] {_value_label(label_param, r.value)} seed {r.seed}: run {r.run_id} already {r.ledger_status}; skipped{hint}")
     job = W.SweepJob(label_param or "", ledger_file, config.data, config.data_dir, config.limit_train, config.limit_test)
-    if worker_devices:
+    slurm_display = None
+    if executor_name not in ("local", "slurm"):
+        raise UsageError(f"--executor must be local or slurm, got {executor_name!r}")
+    if executor_name == "slurm":
+        from .slurm import SlurmExecutor, parse_time
+
+        if worker_devices:
+            raise UsageError("--gpus/--devices are for local sweeps; on Slurm use --gpus-per-run")
+        slurm_display = _SlurmDisplay(label_param)
+        executor: W.Executor = SlurmExecutor(
+            slurm_folder or ledger_file.parent / "slurm", partition=partition, time_min=parse_time(time_limit),
+            gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, mem=mem, max_parallel=max_parallel, wait=wait,
+            forced=force, on_submit=slurm_display.submitted, on_states=slurm_display.states,
+        )
+    elif worker_devices:
         executor: W.Executor = W.DeviceExecutor(worker_devices, forced=force)
         out.print(f"{len(tasks)} runs on {len(worker_devices)} worker processes: {', '.join(worker_devices)}")
     else:
@@ -610,20 +633,61 @@ def sweep(
         executor = W.SequentialExecutor(data, progress_for, forced=force)
     finished = []
     by_id = {r.run_id: r for r in runs}
-    for row in executor.run(tasks, job):
-        finished.append(row)
-        task = by_id.get(row.get("run_id", ""))
-        where = f"{_value_label(label_param, task.value)} seed {task.seed}: " if task else ""
-        if row["status"] == "skipped":
-            out.print(f"  {where}run {row['run_id']} skipped: {row['error']}")
-        elif row["status"] != "done":
-            out.print(f"  {where}run {row['run_id'] or '?'} [red]{row['status']}[/red]: {row.get('error', '')}")
-        elif worker_devices:
-            out.print(f"  {where}run {row['run_id']} done on {row['device']}: best val {float(row['best_val_acc']):.2%}")
+    try:
+        for row in executor.run(tasks, job):
+            finished.append(row)
+            task = by_id.get(row.get("run_id", ""))
+            where = f"{_value_label(label_param, task.value)} seed {task.seed}: " if task else ""
+            if row["status"] == "skipped":
+                out.print(f"  {where}run {row['run_id']} skipped: {row['error']}")
+            elif row["status"] != "done":
+                out.print(f"  {where}run {row['run_id'] or '?'} [red]{row['status']}[/red]: {row.get('error', '')}")
+            elif worker_devices or executor_name == "slurm":
+                out.print(f"  {where}run {row['run_id']} done on {row['device']}: best val {float(row['best_val_acc']):.2%}")
+    finally:
+        if slurm_display is not None:
+            slurm_display.close()
+    if executor_name == "slurm" and not wait:
+        out.print(f"not waiting: follow the jobs with squeue, then 'fireablate runs --ledger {ledger_file}'")
+        return
     _sweep_summary(finished, by_id, label_param)
     bad = [r for r in finished if r["status"] in ("failed", "diverged")]
     if bad:
         raise FireablateError(f"{len(bad)} of {len(finished)} runs did not finish (see the table above and {ledger_file})")
+
+
+class _SlurmDisplay:
+    """Job ids when submitted, then a live table of run states while the sweep waits."""
+
+    def __init__(self, param: Optional[str]):
+        self.param, self.live = param, None
+
+    def submitted(self, new: list, queued: list) -> None:
+        if new:
+            ids = [s.job_id for s in new]
+            out.print(f"submitted {len(new)} runs to Slurm as job array {ids[0].split('_')[0]} ({', '.join(ids)})")
+        for s in queued:
+            out.print(f"run {s.task.run_id} is still queued as job {s.job_id} ({s.state}); not submitted again")
+        if not new and not queued:
+            out.print("nothing to submit: every run of this grid is done")
+
+    def states(self, watching: list) -> None:
+        from rich.live import Live
+
+        table = Table(title="Slurm jobs", title_justify="left")
+        for col in ("job", self.param or "value", "seed", "run id", "state", "reason"):
+            table.add_column(col)
+        for s in watching:
+            table.add_row(s.job_id, s.task.value, str(s.task.seed), s.task.run_id, s.state, s.reason)
+        if self.live is None and out.is_terminal:
+            self.live = Live(table, console=out, refresh_per_second=2, transient=True)
+            self.live.start()
+        elif self.live is not None:
+            self.live.update(table)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
 
 
 def _sweep_summary(rows: list[dict[str, Any]], by_id: dict[str, Any], param: Optional[str]) -> None:

@@ -23,6 +23,7 @@ from .errors import LedgerError
 
 DEFAULT_LEDGER = Path("runs") / "ledger.csv"
 STATUSES = ("done", "failed", "diverged")
+INTERRUPTED = "interrupted"  # how the error of a failed row starts when the run itself did not fail
 
 # Network description: every metaparameter and macro choice, flattened.
 SPEC_COLUMNS = [
@@ -185,10 +186,16 @@ class Ledger:
         return pd.DataFrame(self.rows, columns=COLUMNS)
 
     def status_of(self) -> dict[str, str]:
-        """run_id -> its best status so far (done beats diverged beats failed)."""
+        """run_id -> its best status so far (done beats diverged beats failed).
+
+        A run that was interrupted (killed by Slurm, say) is not an outcome: it counts as never
+        finished, so the next sweep continues it.
+        """
         rank = {"failed": 0, "diverged": 1, "done": 2}
         best: dict[str, str] = {}
         for r in self.rows:
+            if r["status"] == "failed" and str(r["error"]).startswith(INTERRUPTED):
+                continue
             if r["run_id"] not in best or rank[r["status"]] > rank[best[r["run_id"]]]:
                 best[r["run_id"]] = r["status"]
         return best

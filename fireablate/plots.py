@@ -40,6 +40,26 @@ def done_runs(df: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+def sweep_rows(df: pd.DataFrame, param: str) -> pd.DataFrame:
+    """Done runs of the sweep over ``param``, with column ``value``.
+
+    A run that belongs to the sweep but was recorded by another one (sr=0.125 of an SR sweep is
+    also pct3x3=0.5 of a 3x3 sweep; the second sweep skips it as done) is found by its variant:
+    every experiment-defining column but ``param`` equal to those of the sweep's own runs.
+    """
+    from .results import VARIANT_COLUMNS
+
+    d = done_runs(df)
+    own = d[d["sweep_param"] == param]
+    if param not in VARIANT_COLUMNS or own.empty:
+        return own.assign(value=own["sweep_value"])
+    others = [c for c in VARIANT_COLUMNS if c != param]
+    key = d[others].apply(lambda r: "|".join(map(str, r)), axis=1)
+    bases = set(key[own.index])
+    rows = d[key.isin(bases)].drop_duplicates("run_id")
+    return rows.assign(value=rows[param].map(lambda v: f"{v:g}" if isinstance(v, float) else str(v)))
+
+
 def sweeps_in(df: pd.DataFrame) -> list[str]:
     """Swept parameters with at least two distinct values among done runs, in ledger order."""
     d = done_runs(df)
@@ -53,15 +73,14 @@ def sweep_figure(df: pd.DataFrame, param: str, errorbar: str = "sd") -> plt.Figu
     One point per value: the mean over seeds with an error bar, individual runs faint behind it,
     each point labelled with its model size in MB.
     """
-    d = done_runs(df)
-    d = d[d["sweep_param"] == param].copy()
+    d = sweep_rows(df, param).copy()
     if d.empty:
         raise FireablateError(f"nothing to plot: no done runs of a sweep over {param}")
-    if d["sweep_value"].nunique() < 2:
-        raise FireablateError(f"nothing to plot: the sweep over {param} has a single value ({d['sweep_value'].iloc[0]})")
-    numeric = pd.to_numeric(d["sweep_value"], errors="coerce")
+    if d["value"].nunique() < 2:
+        raise FireablateError(f"nothing to plot: the sweep over {param} has a single value ({d['value'].iloc[0]})")
+    numeric = pd.to_numeric(d["value"], errors="coerce")
     categorical = numeric.isna().any()
-    d["x"] = d["sweep_value"] if categorical else numeric * (100 if param == "pct3x3" else 1)
+    d["x"] = d["value"] if categorical else numeric * (100 if param == "pct3x3" else 1)
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     hue = "preset" if d["preset"].nunique() > 1 else None

@@ -49,8 +49,11 @@ def group_runs(df: pd.DataFrame, param: str | None = None, status: str | None = 
             "params": first["params"],
             "epochs": done["epochs"].mean() if len(done) else float("nan"),
             "status": ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().items()),
+            "slurm jobs": ",".join(j for j in dict.fromkeys(g["slurm_job_id"].fillna("").astype(str)) if j),
         })
     out = pd.DataFrame(rows)
+    if not out["slurm jobs"].any():
+        out = out.drop(columns="slurm jobs")  # only where runs ran on Slurm
     if param is not None:
         out = out.sort_values("value", key=_numeric_first, kind="stable").reset_index(drop=True)
     return out

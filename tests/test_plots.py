@@ -155,3 +155,14 @@ def test_report_numbers_equal_pandas_groupby(tmp_path):
     empty.write_text(",".join(L.COLUMNS) + "\n")
     nothing = runner.invoke(app, ["report", "--ledger", str(empty)])
     assert nothing.exit_code == 1 and "nothing to report" in nothing.stderr
+
+
+def test_a_sweep_includes_its_run_recorded_by_another_sweep(tmp_path):
+    path = tmp_path / "l.csv"
+    add(path, overrides={"sr": "0.125"}, param="sr", value="0.125", acc=0.80)  # also pct3x3=0.5
+    add(path, overrides={"sr": "0.25"}, param="sr", value="0.25", acc=0.82)
+    add(path, overrides={"pct3x3": "0.25"}, param="pct3x3", value="0.25", acc=0.78)
+    add(path, overrides={"pct3x3": "0.75", "freq": 2}, param="pct3x3", value="0.75", acc=0.9)  # another base
+    ax = P.sweep_figure(L.read(path).frame(), "pct3x3").axes[0]
+    assert list(ax.lines[0].get_xdata()) == [25.0, 50.0, 75.0]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([78.0, 80.0, 90.0])

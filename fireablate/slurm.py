@@ -1,0 +1,199 @@
+"""The Slurm backend: each run of a sweep is one element of a Slurm job array, via submitit.
+
+Jobs call ``sweep.run_one`` like local workers do, so each appends its own ledger row with the
+same locked append and holds the same per-run folder lock. Job states come from ``squeue`` and,
+once a job has left the queue, ``scontrol show job`` (neither needs Slurm's accounting database,
+which submitit's own watcher does). A job that Slurm killed leaves no result; the waiting sweep
+records it as failed with Slurm's state and reason, and the next sweep resumes it from its last
+epoch checkpoint. ``submissions.json`` in the Slurm folder remembers which job holds which run, so
+a sweep started again while jobs are still queued does not submit them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import ledger as L
+from .errors import FireablateError, UsageError
+from .sweep import PlannedRun, SweepJob, run_one
+
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STAGE_OUT"}
+
+
+def parse_time(text: str) -> int:
+    """Slurm's time formats ('90', '2:00:00', '1-12:00:00', '30:00') as whole minutes."""
+    try:
+        days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+        parts = [int(p) for p in rest.split(":")]
+        if len(parts) == 1:
+            h, m, s = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, s = 0, parts[0], parts[1]
+        elif len(parts) == 3:
+            h, m, s = parts
+        else:
+            raise ValueError
+        minutes = int(days or 0) * 1440 + h * 60 + m + (1 if s else 0)
+    except ValueError:
+        raise UsageError(f"--time must look like 90, 2:00:00 or 1-12:00:00, got {text!r}") from None
+    if minutes < 1:
+        raise UsageError(f"--time must be at least a minute, got {text!r}")
+    return minutes
+
+
+def slurm_entry(task: PlannedRun, job: SweepJob, forced: bool) -> dict[str, Any]:
+    """What each array element runs: load the (cached) data once, then the one run."""
+    import dataclasses
+
+    import torch
+
+    from .data import load
+
+    array_id, task_id = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{array_id}_{task_id}" if array_id and task_id else os.environ.get("SLURM_JOB_ID", "")
+    if task.config.device == "auto" and not torch.cuda.is_available():
+        task = dataclasses.replace(task, config=dataclasses.replace(task.config, device="cpu"))
+    data = load(job.data_source, Path(job.data_dir) if job.data_dir else None, job.limit_train, job.limit_test)
+    return run_one(task, job, data=data, slurm_job_id=job_id, forced=forced)
+
+
+@dataclass
+class JobState:
+    task: PlannedRun
+    job_id: str
+    state: str = "PENDING"
+    reason: str = ""
+
+
+def _squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Active jobs among ``job_ids``: id -> (state, reason)."""
+    if not job_ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))],
+                         capture_output=True, text=True)
+    states = {}
+    for line in out.stdout.splitlines():
+        jid, state, reason = (line.split("|") + ["", ""])[:3]
+        states[jid.strip()] = (state.strip(), reason.strip())
+    return states
+
+
+def _final_state(job_id: str) -> tuple[str, str]:
+    """State and reason of a job that left the queue, as slurmctld still remembers it."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
+    fields = dict(part.split("=", 1) for part in out.stdout.split() if "=" in part)
+    return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "")
+
+
+class SlurmExecutor:
+    """Submit the runs as one job array; optionally wait, reporting states as they change."""
+
+    def __init__(self, folder: Path, partition: str | None = None, time_min: int = 120, gpus_per_run: int = 0,
+                 cpus_per_run: int | None = None, mem: str | None = None, max_parallel: int | None = None,
+                 wait: bool = True, forced: bool = False, poll_s: float = 2.0,
+                 on_submit: Callable[[list[JobState], list[JobState]], None] | None = None,
+                 on_states: Callable[[list[JobState]], None] | None = None):
+        self.folder, self.partition, self.time_min = Path(folder), partition, time_min
+        self.gpus_per_run, self.cpus_per_run, self.mem, self.max_parallel = gpus_per_run, cpus_per_run, mem, max_parallel
+        self.wait, self.forced, self.poll_s = wait, forced, poll_s
+        self.on_submit, self.on_states = on_submit, on_states
+
+    # -- bookkeeping of which job holds which run
+    @property
+    def _submissions_path(self) -> Path:
+        return self.folder / "submissions.json"
+
+    def _submissions(self) -> dict[str, str]:
+        try:
+            return json.loads(self._submissions_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _record(self, new: dict[str, str]) -> None:
+        subs = {**self._submissions(), **new}
+        tmp = self._submissions_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(subs, indent=1))
+        os.replace(tmp, self._submissions_path)
+
+    def run(self, tasks: list[PlannedRun], job: SweepJob) -> Iterator[dict[str, Any]]:
+        try:
+            import submitit
+            from submitit.core.utils import pickle_load
+        except ImportError:
+            raise UsageError("--executor slurm needs submitit: pip install 'fireablate[slurm]'") from None
+        if shutil.which("sbatch") is None:
+            raise UsageError("--executor slurm: sbatch not found; run this on a Slurm login node")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        previous = self._submissions()
+        queued = _squeue([previous[t.run_id] for t in tasks if t.run_id in previous])
+        still_queued = [JobState(t, previous[t.run_id], *queued[previous[t.run_id]])
+                        for t in tasks if t.run_id in previous and previous[t.run_id] in queued]
+        held = {s.task.run_id for s in still_queued}
+        to_submit = [t for t in tasks if t.run_id not in held]
+        executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"))
+        params: dict[str, Any] = {"time": self.time_min, "job_name": "fireablate", "cpus_per_task": self.cpus_per_run}
+        if self.partition:
+            params["partition"] = self.partition
+        if self.gpus_per_run:
+            params["gpus_per_node"] = self.gpus_per_run
+        if self.mem:
+            params["mem"] = self.mem
+        if self.max_parallel:
+            params["array_parallelism"] = self.max_parallel
+        executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        submitted: list[JobState] = []
+        jobs = {}
+        if to_submit:
+            try:
+                with executor.batch():
+                    pending = [executor.submit(slurm_entry, t, job, self.forced) for t in to_submit]
+            except Exception as exc:
+                raise FireablateError(f"sbatch refused the job array: {str(exc).strip().splitlines()[-1]}") from None
+            for t, j in zip(to_submit, pending):
+                submitted.append(JobState(t, str(j.job_id)))
+                jobs[str(j.job_id)] = j
+            self._record({s.task.run_id: s.job_id for s in submitted})
+        if self.on_submit:
+            self.on_submit(submitted, still_queued)
+        if not self.wait:
+            return
+        watching = {s.job_id: s for s in submitted + still_queued}
+        while watching:
+            active = _squeue(list(watching))
+            for jid, s in list(watching.items()):
+                if jid in active:
+                    s.state, s.reason = active[jid]
+                    continue
+                s.state, s.reason = _final_state(jid)
+                if s.state in ACTIVE:  # between squeue and scontrol: look again next round
+                    continue
+                del watching[jid]
+                result_pickle = jobs[jid].paths.result_pickle if jid in jobs else None
+                if result_pickle is not None and result_pickle.exists():
+                    outcome, value = pickle_load(result_pickle)
+                    if outcome == "success":
+                        yield value
+                        continue
+                    error = f"job {jid} raised: {str(value).strip().splitlines()[-1] if value else 'unknown error'}"
+                elif s.state == "COMPLETED" and result_pickle is None:
+                    continue  # submitted by an earlier sweep, which waits for its own results
+                else:
+                    reason = f" ({s.reason})" if s.reason and s.reason != "None" else ""
+                    error = f"{L.INTERRUPTED} by Slurm: {s.state}{reason}, job {jid}; the next sweep resumes it"
+                row = L.make_row(run_id=s.task.run_id, status="failed", spec=s.task.spec, config=s.task.config,
+                                 counts=s.task.counts, data_source=job.data_source, data_identity="",
+                                 sweep_param=job.param, sweep_value=s.task.value, out_dir=str(s.task.out_dir),
+                                 slurm_job_id=jid, error=error)
+                L.append(job.ledger, row)
+                yield row
+            if self.on_states:
+                self.on_states(list(watching.values()))
+            if watching:
+                time.sleep(self.poll_s)

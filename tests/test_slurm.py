@@ -1,0 +1,133 @@
+"""The Slurm backend against a real single-node Slurm cluster (tests/slurm/cluster.sh).
+
+The cluster is installed (Debian's slurm-wlm and munge) and started when missing; without root
+these tests skip and say why. CI runs as root, so there they run.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fireablate import ledger as L
+from fireablate.cli import app
+from fireablate.errors import UsageError
+from fireablate.slurm import parse_time
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+NET = ["--stem-filters", "16", "--base-e", "16", "--incr-e", "16", "--n-fire", "3", "--pool-after", "2,3"]
+DATA = ["--data", "synthetic", "--limit-train", "200", "--limit-test", "100", "--batch-size", "32"]
+SLURM = ["--executor", "slurm", "--cpus-per-run", "1", "--time", "10"]
+runner = CliRunner()
+
+
+def _cluster_answers() -> bool:
+    if not shutil.which("sinfo") or not os.environ.get("SLURM_CONF"):
+        return False
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    return probe.returncode == 0 and "idle" in probe.stdout or "mix" in probe.stdout
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    if _cluster_answers():
+        yield
+        return
+    if os.geteuid() != 0:
+        pytest.skip("a test Slurm cluster needs root to install and start munged, slurmctld and slurmd")
+    folder = tmp_path_factory.mktemp("slurm-cluster")
+    env = {**os.environ, "FIREABLATE_SLURM_DIR": str(folder)}
+    installed = subprocess.run([str(CLUSTER), "install"], env=env, capture_output=True, text=True, timeout=600)
+    if installed.returncode != 0:
+        pytest.skip(f"could not install Slurm here: {installed.stderr.strip()[-300:]}")
+    started = subprocess.run([str(CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
+    try:
+        yield
+    finally:
+        subprocess.run([str(CLUSTER), "stop"], env=env, timeout=60)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+
+
+def test_parse_time():
+    assert [parse_time(t) for t in ("90", "30:00", "2:00:00", "1-12:00:00", "0:0:30")] == [90, 30, 120, 2160, 1]
+    with pytest.raises(UsageError, match="--time must look like"):
+        parse_time("two hours")
+
+
+def test_without_submitit_it_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    result = runner.invoke(app, ["sweep", *NET, *DATA, "--epochs", "1", "--param", "sr", "--values", "0.25,0.5",
+                                 "--ledger", str(tmp_path / "l.csv"), *SLURM])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "fireablate: error: --executor slurm needs submitit: pip install 'fireablate[slurm]'"
+
+
+def test_a_sweep_on_slurm_lands_every_run_once(slurm_cluster, tmp_path):
+    ledger = tmp_path / "l.csv"
+    args = ["sweep", *NET, *DATA, "--epochs", "1", "--param", "sr", "--values", "0.25,0.5,0.75", "--ledger", str(ledger), *SLURM]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "submitted 3 runs to Slurm as job array" in first.stdout
+    rows = L.read(ledger).rows
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
+    jobs = {r["slurm_job_id"] for r in rows}
+    assert len(jobs) == 3 and all("_" in j for j in jobs)
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and "already done; skipped" in second.stdout
+    assert "submitted" not in second.stdout and len(L.read(ledger).rows) == 3
+    shown = runner.invoke(app, ["runs", "--ledger", str(ledger)])
+    assert "slurm jobs" in shown.stdout and all(j in shown.stdout for j in jobs)
+
+
+def test_a_job_cancelled_mid_run_is_recorded_and_resumed(slurm_cluster, tmp_path):
+    ledger = tmp_path / "l.csv"
+    args = ["sweep", *NET, "--data", "synthetic", "--limit-train", "600", "--limit-test", "100", "--batch-size", "16",
+            "--epochs", "30", "--recipe", "step", "--param", "sr", "--values", "0.5", "--ledger", str(ledger), *SLURM]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fireablate", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 180
+    checkpoint = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(tmp_path.glob("*/checkpoint.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.1)
+    assert checkpoint is not None, "the run never reached its first checkpoint"
+    job_id = json.loads((tmp_path / "slurm" / "submissions.json").read_text())[checkpoint.parent.name]
+    subprocess.run(["scancel", job_id], check=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    rows = L.read(ledger).rows
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+    assert rows[0]["error"].startswith("interrupted by Slurm: CANCELLED") and rows[0]["slurm_job_id"] == job_id
+    assert not (checkpoint.parent / "result.json").exists()  # it really was stopped before finishing
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert "will resume" in dry.stdout
+    second_started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    time.sleep(1)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    rows = L.read(ledger).rows
+    assert [r["status"] for r in rows] == ["failed", "done"] and rows[1]["epochs"] == 30
+    assert rows[1]["slurm_job_id"] != job_id
+    history = (checkpoint.parent / "history.csv").read_text().splitlines()
+    assert len(history) == 31  # header + 30 epochs, none repeated
+    # the run kept the first attempt's start time: it continued from its checkpoint, not from scratch
+    assert rows[1]["started"] < second_started
