@@ -22,11 +22,11 @@ def test_version_and_help():
     assert bare.exit_code == 0 and "count-params" in bare.stdout and "build" in bare.stdout
 
 
-@pytest.mark.parametrize("command", ["count-params", "build", "train"])
+@pytest.mark.parametrize("command", ["count-params", "build", "train", "sweep", "runs", "plot", "report"])
 def test_every_command_has_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0
-    assert f"fireablate {command} --preset" in result.stdout
+    assert "Examples:" in result.stdout and f"fireablate {command}" in result.stdout.split("Examples:")[1]
 
 
 def test_count_params_totals():

@@ -34,7 +34,7 @@ def _cluster_answers() -> bool:
     if not shutil.which("sinfo") or not os.environ.get("SLURM_CONF"):
         return False
     probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    return probe.returncode == 0 and "idle" in probe.stdout or "mix" in probe.stdout
+    return probe.returncode == 0 and ("idle" in probe.stdout or "mix" in probe.stdout)
 
 
 @pytest.fixture(scope="module")
