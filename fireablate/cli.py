@@ -102,7 +102,7 @@ _SPEC_HELP: dict[str, tuple[Any, str]] = {
     "dropout": (Optional[float], "Dropout before the final layer."),
     "extra_dropout": (Optional[float], "Dropout after conv1 and each max-pool."),
     "num_classes": (Optional[int], "Output classes."),
-    "in_channels": (Optional[int], "Input image channels."),
+    "in_channels": (Optional[int], "Input image channels (with count-params --fire: the module's input channels)."),
     "input_size": (Optional[int], "Input image side in pixels."),
     "weight_init": (Optional[str], "Weight init: xavier_uniform, kaiming_normal or pytorch."),
 }
@@ -871,7 +871,7 @@ def report(
 
       fireablate report --baseline cifar --csv
     """
-    from .results import report_table, to_markdown
+    from .results import format_cell, report_table, to_markdown
 
     df, _ = _read_ledgers(ledger)
     table = report_table(df, baseline)
@@ -885,13 +885,7 @@ def report(
     for col in table.columns:
         t.add_column(col, justify="left" if col == "model" else "right")
     for rec in table.itertuples(index=False):
-        t.add_row(*[
-            "" if isinstance(v, float) and v != v else
-            f"{v:.1f}x" if c == "smaller than baseline" else
-            f"{v:.2f}" if isinstance(v, float) else
-            f"{v:,}" if c == "params" else str(v)
-            for c, v in zip(table.columns, rec)
-        ])
+        t.add_row(*[format_cell(c, v) for c, v in zip(table.columns, rec)])
     out.print(t)
     if not (table["model"] == baseline).any():
         out.print(f"(no done run of {baseline!r} in the ledger: sizes are not compared)")

@@ -12,7 +12,6 @@ import hashlib
 import math
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, UsageError
+from .model import atomic_save
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -70,18 +70,6 @@ def _digest(*tensors: torch.Tensor, extra: str = "") -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +205,7 @@ def load_image_folder(root: Path, use_cache: bool = True) -> ImageData:
         raise DataError(f"train images are {tuple(trx.shape[1:])} but test images are {tuple(tex.shape[1:])}")
     data = ImageData(str(root), _digest(trx, try_, tex, tey), classes, trx, try_, tex, tey)
     if use_cache:
-        _atomic_torch_save(
+        atomic_save(
             {"identity": data.identity, "classes": list(classes), "train_x": trx, "train_y": try_, "test_x": tex, "test_y": tey},
             cache,
         )

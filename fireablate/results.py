@@ -6,6 +6,8 @@ Grouping on all of those keeps two sweeps that share a preset name but differ in
 
 from __future__ import annotations
 
+import numbers
+
 import pandas as pd
 
 from .ledger import SPEC_COLUMNS
@@ -118,23 +120,22 @@ def raise_empty() -> None:
     raise FireablateError("nothing to report: the ledger has no done runs")
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c == "model" else "---:" for c in cols) + "|"]
-    for rec in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_md(c, v) for c, v in zip(cols, rec)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _md(col: str, v) -> str:
+def format_cell(col: str, v) -> str:
+    """How report cells read, in the terminal and in Markdown alike."""
     if isinstance(v, float):
         if v != v:
             return ""
         if col == "smaller than baseline":
             return f"{v:.1f}x"
-        if col.startswith("acc"):
-            return f"{v:.2f}"
         return f"{v:.2f}"
-    if isinstance(v, int) and col == "params":
+    if col == "params" and isinstance(v, numbers.Integral):
         return f"{v:,}"
     return str(v)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c == "model" else "---:" for c in cols) + "|"]
+    for rec in table.itertuples(index=False):
+        lines.append("| " + " | ".join(format_cell(c, v) for c, v in zip(cols, rec)) + " |")
+    return "\n".join(lines) + "\n"

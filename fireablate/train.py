@@ -23,7 +23,6 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from . import __version__
 from . import spec as S
 from .augment import AUGMENTS, augment
 from .data import ImageData, load as load_data
@@ -527,6 +526,3 @@ def _result_from(d: dict[str, Any], spec: S.NetSpec, config: TrainConfig) -> Tra
     d["spec"], d["config"] = spec, config
     return TrainResult(**d)
 
-
-def versions() -> dict[str, str]:
-    return {"fireablate": __version__, "torch": torch.__version__}
