@@ -149,6 +149,9 @@ def pareto_figure(df: pd.DataFrame, color_by: str = "auto") -> plt.Figure:
     ax.plot(d.loc[front, "mib"], d.loc[front, "acc"], color="black", linewidth=1.2, drawstyle="steps-post",
             marker="o", markersize=11, markerfacecolor="none", label="Pareto front", zorder=0)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("Model size (MB, float32, log scale)")
     ax.set_ylabel("Top-1 validation accuracy (%)")
     ax.set_title(f"Accuracy vs size: {len(d)} runs, {len(front)} on the Pareto front")
