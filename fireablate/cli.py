@@ -398,10 +398,12 @@ class _TrainDisplay:
             console=out, transient=True,
         )
         self.epochs = self.steps = None
+        self.finished_before = False
 
     def __call__(self, event: str, **info: Any) -> None:
         p = self.progress
         if event == "finished_before":
+            self.finished_before = True
             out.print(f"{self.label}run {info['run_id']} already finished in {info['out_dir']}; nothing to train")
         elif event == "start":
             r = info["recipe"]
@@ -488,21 +490,13 @@ def train(
     ledger_file = L.ledger_path(ledger)
     L.read(ledger_file)  # a ledger that cannot take the row fails now, not after the training
     display = _TrainDisplay()
-    already = []
-    display_call = display.__call__
-
-    def progress(event: str, **info: Any) -> None:
-        if event == "finished_before":
-            already.append(True)
-        display_call(event, **info)
-
     try:
-        result = run_training(spec, config, out_dir=out_dir or None, progress=progress, resume=resume,
+        result = run_training(spec, config, out_dir=out_dir or None, progress=display, resume=resume,
                               default_root=ledger_file.parent)
     finally:
         display.close()
     _print_result(result)
-    if not already:
+    if not display.finished_before:  # a finished run's row is in the ledger already
         L.append(ledger_file, L.make_row(
             run_id=result.run_id, status=result.status, spec=spec, config=config, counts=count(spec),
             data_source=result.data_source, data_identity=result.data_identity, result=result,
