@@ -580,6 +580,11 @@ def sweep(
         raise UsageError("give --gpus or --devices, not both")
     worker_devices = [f"cuda:{g.strip()}" for g in gpus.split(",")] if gpus else (
         [d.strip() for d in devices.split(",")] if devices else None)
+    if worker_devices:
+        from .train import resolve_device
+
+        for d in worker_devices:  # a missing GPU is one clear line now, not a failed row per run
+            resolve_device(d)
     data = load_data(config.data, Path(config.data_dir) if config.data_dir else None, config.limit_train, config.limit_test)
     runs = W.plan(preset, overrides, param, values, seeds, config, data.identity, ledger_file, out_root)
     tasks = W.todo(runs, rerun_failed=rerun_failed, force=force)

@@ -92,6 +92,21 @@ def _final_state(job_id: str) -> tuple[str, str]:
     return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "")
 
 
+def _record_failed(s: JobState, job: SweepJob, error: str) -> dict[str, Any]:
+    row = L.make_row(run_id=s.task.run_id, status="failed", spec=s.task.spec, config=s.task.config,
+                     counts=s.task.counts, data_source=job.data_source, data_identity="",
+                     sweep_param=job.param, sweep_value=s.task.value, out_dir=str(s.task.out_dir),
+                     slurm_job_id=s.job_id, error=error)
+    L.append(job.ledger, row)
+    return row
+
+
+def _record_interrupted(s: JobState, job: SweepJob) -> dict[str, Any]:
+    """A job Slurm ended before its run did: failed with Slurm's reason, resumable by design."""
+    reason = f" ({s.reason})" if s.reason and s.reason != "None" else ""
+    return _record_failed(s, job, f"{L.INTERRUPTED} by Slurm: {s.state}{reason}, job {s.job_id}; the next sweep resumes it")
+
+
 class SlurmExecutor:
     """Submit the runs as one job array; optionally wait, reporting states as they change."""
 
@@ -122,6 +137,17 @@ class SlurmExecutor:
         tmp.write_text(json.dumps(subs, indent=1))
         os.replace(tmp, self._submissions_path)
 
+    def _record_lost_jobs(self, tasks: list[PlannedRun], job: SweepJob, previous: dict[str, str], queued) -> None:
+        """Jobs of an earlier sweep that nobody waited for (--no-wait) and that Slurm killed."""
+        recorded = {r["slurm_job_id"] for r in L.read(job.ledger).rows}
+        for t in tasks:
+            jid = previous.get(t.run_id)
+            if not jid or jid in queued or jid in recorded:
+                continue
+            state, reason = _final_state(jid)
+            if state not in ACTIVE and state not in ("COMPLETED", "UNKNOWN"):
+                _record_interrupted(JobState(t, jid, state, reason), job)
+
     def run(self, tasks: list[PlannedRun], job: SweepJob) -> Iterator[dict[str, Any]]:
         try:
             import submitit
@@ -136,6 +162,7 @@ class SlurmExecutor:
         still_queued = [JobState(t, previous[t.run_id], *queued[previous[t.run_id]])
                         for t in tasks if t.run_id in previous and previous[t.run_id] in queued]
         held = {s.task.run_id for s in still_queued}
+        self._record_lost_jobs(tasks, job, previous, queued)
         to_submit = [t for t in tasks if t.run_id not in held]
         executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"))
         params: dict[str, Any] = {"time": self.time_min, "job_name": "fireablate", "cpus_per_task": self.cpus_per_run}
@@ -185,14 +212,9 @@ class SlurmExecutor:
                 elif s.state == "COMPLETED" and result_pickle is None:
                     continue  # submitted by an earlier sweep, which waits for its own results
                 else:
-                    reason = f" ({s.reason})" if s.reason and s.reason != "None" else ""
-                    error = f"{L.INTERRUPTED} by Slurm: {s.state}{reason}, job {jid}; the next sweep resumes it"
-                row = L.make_row(run_id=s.task.run_id, status="failed", spec=s.task.spec, config=s.task.config,
-                                 counts=s.task.counts, data_source=job.data_source, data_identity="",
-                                 sweep_param=job.param, sweep_value=s.task.value, out_dir=str(s.task.out_dir),
-                                 slurm_job_id=jid, error=error)
-                L.append(job.ledger, row)
-                yield row
+                    yield _record_interrupted(s, job)
+                    continue
+                yield _record_failed(s, job, error)
             if self.on_states:
                 self.on_states(list(watching.values()))
             if watching:

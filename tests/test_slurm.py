@@ -131,3 +131,28 @@ def test_a_job_cancelled_mid_run_is_recorded_and_resumed(slurm_cluster, tmp_path
     assert len(history) == 31  # header + 30 epochs, none repeated
     # the run kept the first attempt's start time: it continued from its checkpoint, not from scratch
     assert rows[1]["started"] < second_started
+
+
+def test_no_wait_then_a_second_sweep_neither_doubles_nor_loses_a_killed_job(slurm_cluster, tmp_path):
+    ledger = tmp_path / "l.csv"
+    args = ["sweep", *NET, "--data", "synthetic", "--limit-train", "600", "--limit-test", "100", "--batch-size", "16",
+            "--epochs", "30", "--recipe", "step", "--param", "sr", "--values", "0.25", "--ledger", str(ledger), *SLURM]
+    first = runner.invoke(app, [*args, "--no-wait"])
+    assert first.exit_code == 0, first.output
+    assert "submitted 1 runs to Slurm" in first.stdout and "not waiting" in first.stdout
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(tmp_path.glob("*/checkpoint.pt")):
+        time.sleep(0.1)
+    run_dir = list(tmp_path.glob("*/checkpoint.pt"))[0].parent
+    job_id = json.loads((tmp_path / "slurm" / "submissions.json").read_text())[run_dir.name]
+    queued = runner.invoke(app, [*args, "--no-wait"])
+    assert f"still queued as job {job_id}" in queued.stdout and "submitted 1 runs" not in queued.stdout
+    subprocess.run(["scancel", job_id], check=True)
+    while time.time() < deadline and job_id in subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout:
+        time.sleep(0.2)
+    final = runner.invoke(app, args)
+    assert final.exit_code == 0, final.output
+    rows = L.read(ledger).rows
+    assert [r["status"] for r in rows] == ["failed", "done"]
+    assert rows[0]["slurm_job_id"] == job_id and rows[0]["error"].startswith("interrupted by Slurm: CANCELLED")
+    assert rows[1]["epochs"] == 30 and len((run_dir / "history.csv").read_text().splitlines()) == 31

@@ -152,3 +152,14 @@ def test_runs_groups_seeds_and_survives_a_damaged_line(tmp_path):
     assert grouped["acc sd"].tolist() == pytest.approx(expected["std"].tolist())
     missing = cli("runs", "--ledger", str(tmp_path / "nope.csv"))
     assert missing.exit_code == 1 and "ledger not found" in missing.stderr
+
+
+def test_a_missing_gpu_is_one_line_before_anything_runs(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = cli("sweep", *NET, *DATA, "--epochs", "1", "--param", "sr", "--values", "0.25,0.5", "--gpus", "0,1",
+                 "--ledger", str(tmp_path / "l.csv"))
+    assert result.exit_code == 2 and "--device cuda:0: no CUDA GPU is available" in result.stderr
+    assert not (tmp_path / "l.csv").exists()

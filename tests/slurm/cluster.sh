@@ -75,6 +75,14 @@ CONF
 }
 
 stop() {
+  # end the jobs first: their step daemons would outlive slurmd
+  if [ -s "$DIR/slurmctld.pid" ]; then
+    SLURM_CONF=$CONF scancel --partition debug 2>/dev/null || true
+    for _ in $(seq 50); do
+      [ -z "$(SLURM_CONF=$CONF squeue -h 2>/dev/null)" ] && break
+      sleep 0.2
+    done
+  fi
   for f in slurmd.pid slurmctld.pid munged.pid; do
     if [ -s "$DIR/$f" ]; then
       kill "$(cat "$DIR/$f")" 2>/dev/null || true
