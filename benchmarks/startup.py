@@ -37,7 +37,7 @@ def main() -> None:
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times[name].append(time.perf_counter() - start)
     torch_median = statistics.median(times["python -c 'import torch'"])
-    print(f"| command | median wall time (s) | vs `import torch` |")
+    print("| command | median wall time (s) | vs `import torch` |")
     print("|---|---:|---:|")
     for name, ts in times.items():
         m = statistics.median(ts)

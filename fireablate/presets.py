@@ -21,7 +21,7 @@ import dataclasses
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from .errors import SpecError, UsageError
+from .errors import UsageError
 from .spec import AlexNetSpec, FireSpec, Metaparameters, NetSpec, SqueezeNetSpec
 
 _CIFAR = SqueezeNetSpec(

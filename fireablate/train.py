@@ -27,7 +27,7 @@ from . import spec as S
 from .augment import AUGMENTS, augment
 from .data import ImageData, load as load_data
 from .errors import UsageError
-from .model import Network, atomic_save, build, load_model, save_model
+from .model import atomic_save, build, load_model, save_model
 from .params import count
 
 # ---------------------------------------------------------------------------------------------

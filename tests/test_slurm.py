@@ -7,7 +7,6 @@ these tests skip and say why. CI runs as root, so there they run.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
