@@ -45,6 +45,9 @@ class _OneLineErrors(TyperGroup):
             _fail(exc.format_message().replace("\n", " "), exc.exit_code)
         except FireablateError as exc:
             _fail(str(exc), exc.exit_code)
+        except OSError as exc:  # an unwritable --output, a full disk: the user's to fix, in one line
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}", 1)
         except typer.Abort:
             _fail("interrupted", 130)
         if standalone_mode:
@@ -574,8 +577,8 @@ def sweep(
     before = L.read(ledger_file)
     for warning in before.warnings:
         err.print(f"warning: {warning}", markup=False)
-    W.specs_for(preset, overrides, W.canonical(param) if param and param != "preset" else param,
-                W.parse_values(values) if values else [])  # a bad value fails before any data loads
+    label_param = W.canonical(param) if param and param != "preset" else param
+    W.specs_for(preset, overrides, label_param, W.parse_values(values) if values else [])  # fail before data loads
     if gpus and devices:
         raise UsageError("give --gpus or --devices, not both")
     worker_devices = [f"cuda:{g.strip()}" for g in gpus.split(",")] if gpus else (
@@ -589,7 +592,6 @@ def sweep(
     runs = W.plan(preset, overrides, param, values, seeds, config, data.identity, ledger_file, out_root)
     tasks = W.todo(runs, rerun_failed=rerun_failed, force=force)
     to_run = {t.run_id for t in tasks}
-    label_param = (W.canonical(param) if param and param != "preset" else param)
     if dry_run:
         table = Table(title=f"sweep plan: {len(runs)} runs, {len(tasks)} to run (ledger {ledger_file})", title_justify="left")
         for col in ("#", label_param or "value", "seed", "run id", "parameters", "MiB", "MMACs", "status"):

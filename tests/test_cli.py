@@ -158,3 +158,11 @@ def test_train_bad_input(tmp_path, args, code, message):
     assert result.exit_code == code, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_an_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = run("build", "--output", str(tmp_path / "file" / "m.pt"))
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fireablate: error: ") and str(tmp_path / "file") in lines[0]
