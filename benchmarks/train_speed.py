@@ -8,7 +8,9 @@ in one process, one after the other, so the ratios compare like with like on a n
 - baseline: torchvision ImageFolder + DataLoader with per-image transforms (RandomAffine as the
   study's augmentation, ToTensor, Normalize), contiguous fp32: the usual first PyTorch loop.
 - fireablate fp32 / bf16: `fireablate.training.train` itself (one uint8 tensor, whole-batch
-  augmentation, channels_last), one warm-up epoch then one timed epoch.
+  augmentation, channels_last, freed memory kept for reuse), one warm-up epoch then one timed epoch.
+- the baseline again, after fireablate has set glibc's allocator to keep freed memory: how much
+  of the gain that one setting gives any PyTorch loop.
 
 It also measures this machine's matmul peak (fp32 and bf16) and reports each path's achieved
 TFLOP/s (training ~ 3 x forward FLOPs, FLOPs = 2 x MACs) as a fraction of it.
@@ -113,6 +115,10 @@ def main() -> None:
         if cpu_bf16_feature():
             rows.append(("fireablate, bf16 autocast (auto here)", "bf16",
                          fireablate_path(folder, spec, args.images, args.batch_size, "bf16", False)))
+        # fireablate keeps freed memory in the process (devices.keep_cpu_memory) once it trains on
+        # the CPU; the same setting for the plain loop, so the gain is not mistaken for the tool's
+        rows.append(("baseline again, with fireablate's allocator setting", "fp32",
+                     baseline(folder, spec, args.images, args.batch_size, args.workers)))
         if args.compile:
             rows.append(("fireablate, bf16 + torch.compile", "bf16",
                          fireablate_path(folder, spec, args.images, args.batch_size, "bf16", True)))

@@ -92,3 +92,35 @@ def resolve_precision(requested: str, device: torch.device,
             return "bf16", f"auto: this CPU has {feature}"
         return "fp32", "auto: this CPU has no native bf16 (no AMX or AVX-512 bf16)"
     return "fp32", f"auto: fp32 on {device.type}"
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_allocator_kept = False
+
+
+def keep_cpu_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the system.
+
+    A training step on the CPU allocates and frees the same large activation buffers (tens of
+    MB each) every step. glibc serves blocks that large with a fresh mmap and unmaps them on free,
+    so every step page-faults its way through hundreds of MB of new memory: zero-filling a max-pool
+    gradient ran at 0.7 GB/s. Serving them from the heap and never trimming it made the whole bf16
+    step 15-25% faster (measured side by side, `benchmarks/train_speed.py`). Peak memory is what
+    the step needs anyway; it is just not returned between steps. Process-wide and idempotent;
+    True where it applied (Linux with glibc), False elsewhere.
+    """
+    global _allocator_kept
+    if _allocator_kept:
+        return True
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    _allocator_kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _allocator_kept

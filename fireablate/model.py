@@ -76,6 +76,21 @@ class BatchNorm2d(nn.BatchNorm2d):
         return out
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask on the CPU comes from ``torch.rand``.
+
+    torch's CPU ``bernoulli_`` draws its numbers one at a time; a uniform draw compared with ``p``
+    is the same distribution, vectorized, and took the dropout before the classifier from 6% of a
+    bf16 training step to about 2%. GPUs keep torch's fused kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or not 0 < self.p < 1:
+            return super().forward(x)
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p  # rand_like keeps x's memory layout
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+
+
 class Norm:
     """Batch norm as the spec sets it: where it sits, its momentum and epsilon."""
 
@@ -104,7 +119,7 @@ def _modules(layer: S.Layer, norm: Norm) -> list[nn.Module]:
     if isinstance(layer, S.Fire):
         return [Fire(layer, norm)]
     if isinstance(layer, S.Dropout):
-        return [nn.Dropout(layer.p)]
+        return [Dropout(layer.p)]
     if isinstance(layer, S.Linear):
         linear = nn.Linear(layer.in_features, layer.out_features)
         return norm.around(linear, norm(layer.out_features, dims=1) if layer.batch_norm else None, relu=layer.relu)

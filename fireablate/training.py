@@ -37,7 +37,7 @@ from .augment import augment
 from .config import (MIN_LR, PLATEAU_FACTOR, PLATEAU_PATIENCE, STEP_MILESTONES, WARMUP_EPOCHS, Recipe,
                      TrainConfig, TrainResult, run_id)
 from .data import ImageData, load as load_data
-from .devices import resolve_device, resolve_precision
+from .devices import keep_cpu_memory, resolve_device, resolve_precision
 from .errors import FireablateError, UsageError
 from .files import atomic_torch_save, atomic_write, remove_stale_temporaries
 from .model import build, load_model, save_model
@@ -202,6 +202,8 @@ def _configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shape: tune once
+    if device.type == "cpu":
+        keep_cpu_memory()
 
 
 def _has_checkpoint(out: Path) -> bool:

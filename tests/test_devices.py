@@ -43,3 +43,19 @@ def test_an_explicit_precision_is_kept_whatever_the_cpu():
 def test_this_machine_gets_a_decision_with_a_reason():
     precision, why = resolve_precision("auto", CPU)
     assert precision in ("bf16", "fp32") and why.startswith("auto: ")
+
+
+def test_keeping_cpu_memory_applies_on_glibc_and_training_still_allocates():
+    """Protects the CPU speed-up from glibc keeping freed memory: the setting applies on Linux
+    with glibc (this project's machines), twice is harmless, and large allocations still work."""
+    import platform
+
+    from fireablate.devices import keep_cpu_memory
+
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_cpu_memory() is on_glibc
+    assert keep_cpu_memory() is on_glibc
+    for _ in range(3):  # 64 MB blocks, freed and asked for again: served from the kept heap
+        big = torch.ones(16 * 2**20)
+        assert big.sum().item() == 16 * 2**20
+        del big

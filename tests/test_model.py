@@ -212,3 +212,26 @@ def test_batch_norm_hands_on_its_gradient_in_the_channels_last_layout():
     assert torch.allclose(gx, gx_plain, atol=1e-6)
     assert not grad.is_contiguous(memory_format=torch.channels_last)
     assert seen[0].is_contiguous(memory_format=torch.channels_last) and torch.equal(seen[0], grad)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_cpu_dropout_keeps_each_unit_with_probability_one_minus_p_and_its_gradient_follows(p):
+    """Protects the rand-based CPU dropout: the same distribution and scaling as nn.Dropout, the
+    gradient through the same mask, the input's layout kept, and nothing done in evaluation."""
+    import torch
+
+    from fireablate.model import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(p)
+    x = torch.ones(64, 32, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = drop(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01  # 131,072 draws: 0.01 is > 7 sigma
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(g != 0, kept) and torch.allclose(g[kept], torch.full_like(g[kept], 1 / (1 - p)))
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
