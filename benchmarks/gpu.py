@@ -18,14 +18,24 @@ compiled from scratch after ``torch._dynamo.reset()``), then 10 warm-up steps an
 steady-state timing as eager. TFLOP/s counts training as 3x the forward pass (FLOPs = 2 x MACs),
 as the training log does.
 
-Without a CUDA GPU it says so and exits 0.
+End to end (``--data PATH``, a folder with train/ and test/, e.g. the full CIFAR-10 JPEG set
+extracted): ``--time-to 0.88`` trains the ``cifar`` preset with ``--recipe fast`` and reports the
+first epoch whose validation accuracy reaches 88%, with training seconds and wall seconds from
+the start of ``train`` (data loading, compilation and evaluation included); ``--sweep`` times
+``fireablate sweep --param sr`` over the study's five values with ``--gpus 0`` from a fresh
+ledger, as a user would run it. ``--device cpu`` runs these two on the CPU, so the code can be
+tried anywhere; the device is printed with every figure.
+
+Without a CUDA GPU (and without ``--device cpu``) it says so and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +43,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train_speed import cpu_name  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from fireablate import __version__  # noqa: E402
 from fireablate import data as D  # noqa: E402
@@ -56,7 +68,77 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default="eager,compile", help="eager, compile or both")
     p.add_argument("--seconds", type=float, default=3.0, help="steady-state time per configuration")
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
+    p.add_argument("--data", help="end to end: an image folder with train/ and test/ (the full CIFAR-10 set)")
+    p.add_argument("--time-to", type=float, metavar="ACC", help="end to end: epochs and seconds to this val accuracy")
+    p.add_argument("--epochs", type=int, default=15, help="end to end: the fast recipe's epochs")
+    p.add_argument("--sweep", action="store_true", help="end to end: time the SR sweep with --gpus 0")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu only to try the end-to-end code")
     return p.parse_args(argv)
+
+
+SR_VALUES = "0.125,0.25,0.5,0.75,1.0"  # the study's Fig. 4
+
+
+def time_to_accuracy(args: argparse.Namespace) -> list[str]:
+    """Train the cifar preset with the fast recipe on --data; the first epoch at --time-to."""
+    from fireablate.config import TrainConfig
+    from fireablate.training import train
+
+    cfg = TrainConfig(data=args.data, recipe="fast", epochs=args.epochs, device=args.device, precision="auto")
+    marks: list[float] = []
+    start = time.perf_counter()
+
+    def progress(event: str, **info) -> None:
+        if event == "epoch":
+            marks.append(time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as out:
+        result = train(resolve("cifar"), cfg, out_dir=Path(out), progress=progress)
+    lines = [f"fast recipe, cifar preset, {args.epochs} epochs on {args.data} ({result.precision}, {args.device}):"]
+    trained = 0.0
+    for h, wall in zip(result.history, marks):
+        trained += h["seconds"]
+        lines.append(f"  epoch {h['epoch']:3d}  val {h['val_acc']:.2%}  trained {trained:7.1f} s  wall {wall:7.1f} s")
+    hit = next((i for i, h in enumerate(result.history) if h["val_acc"] >= args.time_to), None)
+    if hit is None:
+        lines.append(f"  {args.time_to:.0%} not reached in {args.epochs} epochs (best {result.best_val_acc:.2%})")
+    else:
+        h = result.history[hit]
+        trained = sum(r["seconds"] for r in result.history[:hit + 1])
+        lines.append(f"  {args.time_to:.0%} first reached at epoch {h['epoch']}: {trained:.1f} s of training, "
+                     f"{marks[hit]:.1f} s wall")
+    return lines
+
+
+def sweep_time(args: argparse.Namespace) -> list[str]:
+    """The whole SR sweep through the CLI, one worker on GPU 0 (or the CPU), from a fresh ledger."""
+    device = ["--gpus", "0"] if args.device == "cuda" else ["--device", "cpu"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "fireablate", "sweep", "--param", "sr", "--values", SR_VALUES,
+               "--data", args.data, "--recipe", "fast", "--epochs", str(args.epochs),
+               "--ledger", str(Path(tmp) / "ledger.csv"), *device]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            return [f"sweep failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"]
+        table = subprocess.run([sys.executable, "-m", "fireablate", "report", "--ledger", str(Path(tmp) / "ledger.csv")],
+                               capture_output=True, text=True).stdout
+    return [f"SR sweep ({SR_VALUES}), fast recipe, {args.epochs} epochs each, {' '.join(device)}: "
+            f"{wall:.0f} s wall for 5 models", table.rstrip()]
+
+
+def end_to_end(args: argparse.Namespace) -> int:
+    if not Path(args.data).is_dir():
+        print(f"benchmarks/gpu.py: --data {args.data}: not a folder with train/ and test/")
+        return 2
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({cpu_name()})"
+    print(f"device: {where}; torch {torch.__version__}; fireablate {__version__}", flush=True)
+    if args.time_to is not None:
+        print("\n".join(time_to_accuracy(args)), flush=True)
+    if args.sweep:
+        print("\n".join(sweep_time(args)), flush=True)
+    return 0
 
 
 class Bench:
@@ -116,9 +198,13 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    if args.data and args.device == "cpu":
+        return end_to_end(args)
     if not torch.cuda.is_available():
         print(f"benchmarks/gpu.py: no CUDA GPU on this machine (torch {torch.__version__}); nothing to measure.")
         return 0
+    if args.data:
+        return end_to_end(args)
     spec = resolve(args.preset)
     macs = count(spec).macs
     batches = [int(b) for b in args.batches.split(",")]
