@@ -972,7 +972,7 @@ def report(
 # ---------------------------------------------------------------------------------------------
 # compress, evaluate, export: a trained model made small, measured, and shipped
 
-DataOption = Annotated[Optional[str], typer.Option("--data", help="cifar10, synthetic, a folder with train/ and test/, or none (compress: sizes only). Default: the model's own data.", rich_help_panel="Data")]
+DataOption = Annotated[Optional[str], typer.Option("--data", help="cifar10, synthetic, synthetic-hard, a folder with train/ and test/, or none (compress: sizes only). Default: the model's own data.", rich_help_panel="Data")]
 DataDirOption = Annotated[Optional[str], typer.Option("--data-dir", help="Where CIFAR-10 lives (default: the model's, else $FIREABLATE_DATA or the user cache).", rich_help_panel="Data")]
 LimitTrainOption = Annotated[Optional[int], typer.Option("--limit-train", min=1, help="Use N training images, balanced over classes.", rich_help_panel="Data")]
 LimitTestOption = Annotated[Optional[int], typer.Option("--limit-test", min=1, help="Use N test images, balanced over classes.", rich_help_panel="Data")]

@@ -99,7 +99,8 @@ class TrainConfig:
     (and so the run id); the others only say where and how fast it runs."""
 
     data: str = option("cifar10", _opt(
-        parse_str, str, "cifar10, synthetic, or a folder with train/ and test/ (ImageFolder layout).", "Data",
+        parse_str, str, "cifar10, synthetic, synthetic-hard (no model passes ~94%), or a folder with train/ and test/ "
+        "(ImageFolder layout).", "Data",
         column="data"))
     limit_train: int | None = option(None, _opt(
         optional(_positive_int), int, "Use N training images, balanced over classes.", "Data"))

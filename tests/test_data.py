@@ -30,6 +30,29 @@ def test_synthetic_is_deterministic_and_balanced():
     assert D.synthetic(n_train=100, n_test=50, seed=1).identity != a.identity
 
 
+def _mean_colour_accuracy(d: D.ImageData) -> float:
+    """Accuracy of telling class c % 5 from an image's mean colour, nearest training mean: the
+    part of the task that decides whether it can be learned perfectly."""
+    def colours(x):
+        return x.float().mean(dim=(2, 3))
+    group_train, group_test = d.train_y % 5, d.test_y % 5
+    means = torch.stack([colours(d.train_x[group_train == k]).mean(0) for k in range(5)])
+    guess = torch.cdist(colours(d.test_x), means).argmin(1)
+    return (guess == group_test).float().mean().item()
+
+
+def test_synthetic_hard_has_overlapping_classes_so_no_model_reaches_100_percent():
+    """Protects the quickstart's point: on synthetic-hard accuracy levels off below 100% (close
+    colour pairs, jittered), while the easy set's colours are perfectly separable; both are
+    deterministic, named after their source, and distinct experiments."""
+    easy, hard = D.load("synthetic"), D.load("synthetic-hard")
+    assert (easy.source, hard.source) == ("synthetic", "synthetic-hard")
+    assert hard.identity != easy.identity == D.data_identity("synthetic")
+    assert D.data_identity("synthetic-hard") == hard.identity == D.synthetic(hard=True).identity
+    assert _mean_colour_accuracy(easy) == 1.0
+    assert 0.85 < _mean_colour_accuracy(hard) < 0.97  # ~6% of a close pair's images are ambiguous
+
+
 def test_limit_is_class_balanced_and_changes_identity():
     d = D.synthetic(n_train=200, n_test=100)
     sub = D.limit(d, 25, 10)

@@ -15,6 +15,7 @@ EXPECTED = {
     "cifar_valid_padding": 1_096_398,
     "cifar_early_pool": 1_096_398,
     "cifar_optimized": 1_542_302,
+    "cifar_tiny": 6_269,
     "alexnet_cifar": 8_981_578,
 }
 
