@@ -302,6 +302,41 @@ def evaluate(model: nn.Module, data: ImageData, device: torch.device | str = "cp
     return loss / n, correct / n
 
 
+RECALIBRATION_IMAGES = 5000
+
+
+def recalibrate_batch_norm(model: nn.Module, data: ImageData, device: torch.device, batch: int,
+                           images: int = RECALIBRATION_IMAGES, seed: int = 0) -> None:
+    """Re-estimate every batch norm's running mean and variance for the weights the model has now.
+
+    Pruning and weight sharing change each layer's outputs at once, while the running statistics
+    follow them only at batch norm's momentum (Keras' 0.01 for the study's networks: hundreds of
+    steps), so a model evaluated right after a short retraining is judged with statistics of the
+    weights it no longer has. Here they are the plain average over ``images`` training images
+    (fixed by ``seed``), without augmentation and with dropout off, as the model will see inputs.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+        m.train()
+    normalize = _normalizer(data, device)
+    pick = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))[:images]
+    chunks = list(pick.split(batch))
+    if len(chunks) > 1 and len(chunks[-1]) < batch:
+        chunks.pop()  # every batch counts the same in the average: no small, noisy last one
+    with torch.no_grad():
+        for chunk in chunks:
+            model(normalize(data.train_x[chunk]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 def _fit(model: nn.Module, data: ImageData, recipe: Recipe, epochs: int, groups: list[dict[str, Any]], seed: int,
          device: torch.device, after_backward: Callable[[], None], after_step: Callable[[], None], stage: str,
          progress: Progress) -> float:
@@ -447,6 +482,8 @@ def compress_model(model: Network, settings: CompressSettings, data: ImageData |
         if data is None:
             acc[stage] = loss[stage] = None
             return
+        if stage != "original":  # the trained model's own statistics are the reference
+            recalibrate_batch_norm(model, data, device, min(recipe.batch_size, len(data.train_y)), seed=settings.seed)
         loss[stage], acc[stage] = evaluate(model, data, device)
         notify("accuracy", stage=stage, acc=acc[stage], loss=loss[stage])
 

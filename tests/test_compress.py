@@ -484,3 +484,30 @@ def test_the_new_commands_have_examples(command):
     result = cli(command, "--help")
     assert result.exit_code == 0
     assert "Examples:" in result.stdout and f"fireablate {command}" in result.stdout.split("Examples:")[1]
+
+
+def test_batch_norm_statistics_are_re_estimated_for_the_changed_weights():
+    """Protects the accuracy after pruning and weight sharing: batch norm's running statistics are
+    recomputed for the weights the model has now (the plain average over training images, no
+    augmentation, dropout off), momentum restored, the model left in eval mode."""
+    from fireablate import data as D
+    from fireablate.compress import recalibrate_batch_norm
+
+    data = D.synthetic(n_train=64, n_test=10)
+    model = build(resolve("cifar_tiny"), seed=0)
+    first_bn = model.features[2]
+    first_bn.running_mean.fill_(5.0)  # statistics of weights the model no longer has
+    first_bn.running_var.fill_(9.0)
+    seen = []
+    model.features[1].register_forward_hook(lambda mod, inp, out: seen.append(out.detach().clone()))
+    recalibrate_batch_norm(model, data, torch.device("cpu"), batch=64, images=64)
+    acts = seen[0]  # relu(conv1(x)) for the 64 images in one batch: exactly what the average sees
+    assert torch.allclose(first_bn.running_mean, acts.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first_bn.running_var, acts.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
+    assert first_bn.momentum == 0.1 and not model.training
+    assert all(not m.training for m in model.modules())
+    again = build(resolve("cifar_tiny"), seed=0)
+    again.load_state_dict(model.state_dict())
+    recalibrate_batch_norm(again, data, torch.device("cpu"), batch=64, images=64)
+    # the classifier's batch norm sits behind dropout: equal twice only if dropout was off
+    assert torch.equal(again.classifier[3].running_mean, model.classifier[3].running_mean)
