@@ -37,6 +37,7 @@ from . import codec
 from . import spec as S
 from .config import RECIPES, Recipe, TrainConfig, TrainResult
 from .data import ImageData
+from .devices import keep_cpu_memory
 from .errors import FireablateError, UsageError
 from .files import atomic_write, lock
 from .model import Fire, Network, load_model
@@ -349,6 +350,8 @@ def _fit(model: nn.Module, data: ImageData, recipe: Recipe, epochs: int, groups:
 
     if epochs == 0:
         return 0.0
+    if device.type == "cpu":
+        keep_cpu_memory()  # as training does: 15-25% faster steps (devices.keep_cpu_memory)
     norm = _normalizer(data, device)
     n = len(data.train_y)
     batch = min(recipe.batch_size, n)
