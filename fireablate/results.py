@@ -32,12 +32,15 @@ from .params import size_in as params_size_in
 from .presets import PRESETS
 from .spec import SPEC_OPTIONS, spec_cells
 
+# What a model is: its network (the preset and every option) and, for a compressed model, its
+# compression settings (one canonical text, blank for a trained model). Labels name these.
+MODEL_COLUMNS = ["preset", *SPEC_COLUMNS, "compression"]
 # Everything that defines a run except its seed, derived from the option declarations: runs that
-# agree on all of these are seeds of one experiment, and only they are ever pooled.
-VARIANT_COLUMNS = ["preset", *SPEC_COLUMNS, "data_identity", "n_train",
-                   *(c for c in CONFIG_IDENTITY_COLUMNS if c != "seed")]
+# agree on all of these are seeds of one experiment, and only they are ever pooled. Two
+# compressions of one model that differ only in their settings are two variants.
+VARIANT_COLUMNS = [*MODEL_COLUMNS, "data_identity", "n_train", *(c for c in CONFIG_IDENTITY_COLUMNS if c != "seed")]
 # The training half of a variant: the data and how it was trained.
-SETUP_COLUMNS = [c for c in VARIANT_COLUMNS if c != "preset" and c not in SPEC_COLUMNS]
+SETUP_COLUMNS = [c for c in VARIANT_COLUMNS if c not in MODEL_COLUMNS]
 
 ACC_MEAN = "acc mean (fraction)"
 ACC_SD = "acc sd (fraction)"
@@ -192,9 +195,19 @@ def _spec_diffs(row: pd.Series, exclude=()) -> list[str]:
     return diffs
 
 
-def variant_label(row: pd.Series, exclude=()) -> str:
-    """The preset's name plus what differs from it, e.g. 'cifar (sr=0.5, freq=2)'."""
+def _model_diffs(row: pd.Series, exclude=()) -> list[str]:
+    """How a run's model differs from its preset: its network's differences, then, for a
+    compressed model, 'compressed: ' and its settings."""
     diffs = _spec_diffs(row, exclude)
+    if "compression" in row.index and not _blank(row["compression"]):
+        diffs.append(f"compressed: {row['compression']}")
+    return diffs
+
+
+def variant_label(row: pd.Series, exclude=()) -> str:
+    """The preset's name plus what differs from it, e.g. 'cifar (sr=0.5, freq=2)' or
+    'cifar (compressed: density paper, 6 bits, Huffman, retrain 1, finetune 1)'."""
+    diffs = _model_diffs(row, exclude)
     return f"{row['preset']} ({', '.join(diffs)})" if diffs else str(row["preset"])
 
 
@@ -204,7 +217,7 @@ def short_labels(models: pd.DataFrame) -> tuple[list[str], str]:
     Returns a label per row ('cifar (sr=0.5)') and what was left out, for a caption ('every
     cifar: base_e=16, n_fire=3'): a figure's labels then say only what tells its points apart.
     """
-    diffs = [_spec_diffs(r) for _, r in models.iterrows()]
+    diffs = [_model_diffs(r) for _, r in models.iterrows()]
     presets = [_text(p) for p in models["preset"]]
     shared: dict[str, list[str]] = {}
     for preset in dict.fromkeys(presets):
@@ -236,9 +249,9 @@ def experiment_keys(df: pd.DataFrame, params: list[str]) -> pd.Series:
     if df.empty:
         return pd.Series(dtype=str)
     if "preset" in params:
-        network = df.apply(lambda r: ", ".join(_spec_diffs(r, exclude=params)), axis=1)
+        network = df.apply(lambda r: ", ".join(_model_diffs(r, exclude=params)), axis=1)
     else:
-        network = _joined(df[["preset", *(c for c in SPEC_COLUMNS if c not in params)]])
+        network = _joined(df[[c for c in MODEL_COLUMNS if c not in params]])
     return network + "||" + _joined(df[SETUP_COLUMNS])
 
 
@@ -263,11 +276,11 @@ def describe(reps: pd.DataFrame, params: Sequence[str] = (), network: bool = Tru
 
     parts: dict[str, list[str]] = {k: [] for k in reps.index}
     separated, common = [], []
-    network_cols = [c for c in ("preset", *SPEC_COLUMNS) if c not in params]
+    network_cols = [c for c in MODEL_COLUMNS if c not in params]
     if not network:
         pass
     elif "preset" in params:
-        sig = reps.apply(lambda r: ", ".join(_spec_diffs(r, exclude=params)), axis=1)
+        sig = reps.apply(lambda r: ", ".join(_model_diffs(r, exclude=params)), axis=1)
         if sig.nunique() > 1:
             separated.append("network overrides")
             for k in reps.index:

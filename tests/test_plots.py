@@ -23,17 +23,29 @@ runner = CliRunner()
 
 
 def add(path, preset="cifar", overrides=None, param="", value="", seed=0, acc=0.5, status="done", run=None,
-        data="synthetic", n_train=2000, recipe="study", epochs=None, lr=None):
-    """Append one ledger row as a run of these settings would have it, without training."""
+        data="synthetic", n_train=2000, recipe="study", epochs=None, lr=None, **cells):
+    """Append one ledger row as a run of these settings would have it, without training; ``cells``
+    set ledger cells as they are (a compressed model's parent_run, compression, init, mib...)."""
     spec = resolve(preset, overrides or {})
     cfg = TrainConfig(data=data, seed=seed, recipe=recipe, epochs=epochs, lr=lr)
-    key = repr((preset, sorted((overrides or {}).items()), param, value, seed, data, n_train, recipe, epochs, lr))
+    key = repr((preset, sorted((overrides or {}).items()), param, value, seed, data, n_train, recipe, epochs, lr,
+                sorted(cells.items())))
     rid = run or hashlib.sha256(key.encode()).hexdigest()[:12]
     row = L.make_row(run_id=rid, status=status, spec=spec, config=cfg, counts=count(spec), data_source=data,
                      data_identity=f"{data}|{n_train}", sweep_param=param, sweep_value=value)
-    row.update(best_val_acc=acc if status == "done" else "", epochs=3, n_train=n_train, n_test=1000)
+    row.update(best_val_acc=acc if status == "done" else "", epochs=3, n_train=n_train, n_test=1000, **cells)
     L.append(path, row)
     return rid
+
+
+def add_compressed(path, parent: str, acc: float, seed: int = 0, mib: float = 0.5, **settings):
+    """Append the row a compression of run ``parent`` would append (compress._ledger_row's cells
+    that tell compressions apart), without compressing: its settings as compression_text writes them."""
+    from fireablate.compress import CompressSettings, compression_text
+
+    text = compression_text(CompressSettings(**settings))
+    return add(path, seed=seed, acc=acc, epochs=2, lr=0.0001, parent_run=parent, compression=text,
+               init=parent + "digest", mib=mib, params=400_000)
 
 
 def mean_lines(ax):

@@ -12,7 +12,7 @@ from fireablate import ledger as L
 from fireablate import results as R
 from fireablate.cli import app
 
-from .test_plots import add, two_experiments
+from .test_plots import add, add_compressed, two_experiments
 
 runner = CliRunner()
 
@@ -146,3 +146,27 @@ def test_short_ids_grow_until_they_are_unique():
     ids = ["abcdef012345", "abcdef019999", "123456789abc"]
     assert R.short_ids(ids) == {"abcdef012345": "abcdef012", "abcdef019999": "abcdef019", "123456789abc": "123456789"}
     assert R.short_ids(ids[1:]) == {"abcdef019999": "abcdef01", "123456789abc": "12345678"}
+
+
+SIX = "cifar (compressed: density paper, 6 bits, Huffman, retrain 1, finetune 1)"
+EIGHT = "cifar (compressed: density paper, 8 bits, Huffman, retrain 1, finetune 1)"
+
+
+def test_compressions_of_one_parent_pool_only_their_own_seeds(tmp_path):
+    """Protects report and runs from averaging different compressions: two compressions of one
+    parent that differ only in bits (same epochs, lr and seed) are two variants, named by their
+    settings, while one compression's seeds pool; the parent stays a variant of its own."""
+    path = tmp_path / "l.csv"
+    parent = add(path, acc=0.8)
+    six = [add_compressed(path, parent, acc, seed=s, bits="6") for s, acc in enumerate((0.70, 0.74))]
+    eight = add_compressed(path, parent, 0.78, bits="8")
+    table = R.report_table(L.read(path).frame()).set_index("model")
+    assert table.loc[SIX, "runs"] == 2 and table.loc[SIX, "acc mean (fraction)"] == pytest.approx(0.72)
+    assert table.loc[EIGHT, "runs"] == 1 and table.loc[EIGHT, "acc mean (fraction)"] == pytest.approx(0.78)
+    assert table.loc["cifar", "runs"] == 1 and len(table) == 3
+    grouped = json.loads(runner.invoke(app, ["runs", "--ledger", str(path), "--json"]).stdout)
+    assert {g["model"]: g["run ids"].split() for g in grouped} == {"cifar": [parent], SIX: six, EIGHT: [eight]}
+    listed = pd.read_csv(io.StringIO(runner.invoke(app, ["report", "--ledger", str(path), "--csv"]).stdout))
+    assert sorted(listed["model"]) == sorted(["cifar", SIX, EIGHT])
+    shown = runner.invoke(app, ["report", "--ledger", str(path), "--markdown"]).stdout
+    assert f"| {SIX} |" in shown and f"| {EIGHT} |" in shown
