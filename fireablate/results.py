@@ -65,6 +65,25 @@ def size_in(params, unit: str):
     return params_size_in(params, unit)
 
 
+def compressed(rows: pd.DataFrame) -> pd.Series:
+    """Per run, whether it is a compressed model (its ledger row names its compression)."""
+    return rows["compression"].map(lambda v: not _blank(v))
+
+
+def model_size(rows: pd.DataFrame, unit: str) -> pd.Series:
+    """What each run's model takes stored, in ``unit``: its float32 parameters, or for a compressed
+    model its file (the ledger's ``mib``), since a parameter count sees neither the bits per weight
+    nor the indices, codebooks and header: 6 and 8 bits have the same parameters."""
+    float32 = size_in(pd.to_numeric(rows["params"], errors="coerce"), unit)
+    on_disk = pd.to_numeric(rows["mib"], errors="coerce") * SIZE_UNITS["MiB"] / SIZE_UNITS[unit]
+    return float32.where(~compressed(rows), on_disk)
+
+
+def size_basis(rows: pd.DataFrame) -> str:
+    """What the sizes of ``rows`` count, for a caption or an axis label."""
+    return "float32 parameters, compressed models' files" if compressed(rows).any() else "float32 parameters"
+
+
 # Which epoch's accuracy a run reports. The study used EarlyStopping without restoring the best
 # weights, so its models are the last epoch's: "final" for recipes that stop early, as it did;
 # "best" (the best epoch, chosen on the validation split) otherwise. The ledger holds both.
@@ -456,7 +475,7 @@ def sweep_data(df: pd.DataFrame, params: list[str], size_unit: str = "MB") -> Sw
                 **_setup_cells(rep),
                 **dict(zip(params, typed)),
                 **_stats(g[ACC]),
-                size_col: size_in(g["params"].iloc[0], size_unit),
+                size_col: model_size(g, size_unit).iloc[0],
                 "params": g["params"].iloc[0],
                 "run ids": " ".join(g["run_id"]),
             })
@@ -522,7 +541,7 @@ def group_runs(df: pd.DataFrame, param: str | None = None, status: str | None = 
             "done": len(done),
             ACC_MEAN: done[ACC].mean() if len(done) else float("nan"),
             ACC_SD: done[ACC].std(ddof=1) if len(done) > 1 else float("nan"),
-            size_col: size_in(first["params"], size_unit),
+            size_col: model_size(first.to_frame().T, size_unit).iloc[0],
             "params": first["params"],
             "status": _best_status(g),
             "run ids": " ".join(dict.fromkeys(g["run_id"])),
@@ -558,7 +577,7 @@ def report_table(df: pd.DataFrame, baseline: str | None = None, size_unit: str =
         rows.append({
             "model": variant_label(first),
             **_setup_cells(first),
-            size_col: size_in(first["params"], size_unit),
+            size_col: model_size(g, size_unit).iloc[0],
             "params": first["params"],
             ACC_MEAN: g[ACC].mean(),
             ACC_SD: g[ACC].std(ddof=1) if len(g) > 1 else float("nan"),

@@ -170,3 +170,21 @@ def test_compressions_of_one_parent_pool_only_their_own_seeds(tmp_path):
     assert sorted(listed["model"]) == sorted(["cifar", SIX, EIGHT])
     shown = runner.invoke(app, ["report", "--ledger", str(path), "--markdown"]).stdout
     assert f"| {SIX} |" in shown and f"| {EIGHT} |" in shown
+
+
+def test_a_compressed_models_size_is_its_file(tmp_path):
+    """Protects the sizes of compressed models in runs, report and figures: the bytes of the
+    file (the ledger's mib), not float32 bytes of the parameters it stores, which 6 and 8 bits
+    share; a trained model's size stays its float32 parameters."""
+    path = tmp_path / "l.csv"
+    parent = add(path, acc=0.8)
+    add_compressed(path, parent, 0.7, bits="6", mib=0.3)
+    add_compressed(path, parent, 0.75, bits="8", mib=0.4)
+    table = R.report_table(L.read(path).frame(), size_unit="MiB").set_index("model")
+    assert table.loc[SIX, "size MiB"] == pytest.approx(0.3) and table.loc[EIGHT, "size MiB"] == pytest.approx(0.4)
+    assert table.loc["cifar", "size MiB"] == pytest.approx(1_096_398 * 4 / 2**20)
+    assert table.loc[SIX, "params"] == table.loc[EIGHT, "params"] == 400_000
+    runs = {g["model"]: g["size MB"] for g in json.loads(runner.invoke(app, ["runs", "--ledger", str(path), "--json"]).stdout)}
+    assert runs[EIGHT] == pytest.approx(0.4 * 2**20 / 1e6)
+    assert "sizes in MB (float32 parameters, compressed models' files)" in runner.invoke(
+        app, ["report", "--ledger", str(path)]).stdout.replace("\n", " ")
