@@ -214,13 +214,23 @@ def _spec_diffs(row: pd.Series, exclude=()) -> list[str]:
     return diffs
 
 
+def _compression_parts(row: pd.Series) -> list[str]:
+    """A compressed model's settings, one per part: ['density paper', '6 bits', 'Huffman', ...];
+    [] for a trained model. compress.compression_text joins its parts with ', ' (and the items of
+    a per-layer option with ',' alone)."""
+    text = _text(row["compression"]) if "compression" in row.index else ""
+    return text.split(", ") if text else []
+
+
+def _compressed_phrase(parts: list[str]) -> str:
+    return f"compressed: {', '.join(parts)}" if parts else "compressed"
+
+
 def _model_diffs(row: pd.Series, exclude=()) -> list[str]:
     """How a run's model differs from its preset: its network's differences, then, for a
     compressed model, 'compressed: ' and its settings."""
-    diffs = _spec_diffs(row, exclude)
-    if "compression" in row.index and not _blank(row["compression"]):
-        diffs.append(f"compressed: {row['compression']}")
-    return diffs
+    parts = _compression_parts(row)
+    return _spec_diffs(row, exclude) + ([_compressed_phrase(parts)] if parts else [])
 
 
 def variant_label(row: pd.Series, exclude=()) -> str:
@@ -235,19 +245,28 @@ def short_labels(models: pd.DataFrame) -> tuple[list[str], str]:
 
     Returns a label per row ('cifar (sr=0.5)') and what was left out, for a caption ('every
     cifar: base_e=16, n_fire=3'): a figure's labels then say only what tells its points apart.
+    Compressed models of a preset are told apart by the settings they do not share ('cifar
+    (compressed: 6 bits)'; 'every compressed cifar: density paper, Huffman, ...').
     """
-    diffs = [_model_diffs(r) for _, r in models.iterrows()]
-    presets = [_text(p) for p in models["preset"]]
-    shared: dict[str, list[str]] = {}
-    for preset in dict.fromkeys(presets):
-        mine = [d for d, p in zip(diffs, presets) if p == preset]
-        if len(mine) > 1:
-            shared[preset] = [d for d in mine[0] if all(d in other for other in mine[1:])]
+    rows = [r for _, r in models.iterrows()]
+    presets = [_text(r["preset"]) for r in rows]
+    spec, comp = [_spec_diffs(r) for r in rows], [_compression_parts(r) for r in rows]
+
+    def shared_by(lists: list[list[str]], preset: str, compressed_only: bool = False) -> list[str]:
+        """What every model of ``preset`` has (every compressed one: among compressed models)."""
+        mine = [d for d, p in zip(lists, presets) if p == preset and (d or not compressed_only)]
+        return [d for d in mine[0] if all(d in other for other in mine[1:])] if len(mine) > 1 else []
+
+    shared = {p: shared_by(spec, p) for p in dict.fromkeys(presets)}
+    shared_comp = {p: shared_by(comp, p, compressed_only=True) for p in dict.fromkeys(presets)}
     labels = []
-    for d, preset in zip(diffs, presets):
-        rest = [x for x in d if x not in shared.get(preset, [])]
+    for d, c, preset in zip(spec, comp, presets):
+        rest = [x for x in d if x not in shared[preset]]
+        if c:
+            rest.append(_compressed_phrase([x for x in c if x not in shared_comp[preset]]))
         labels.append(f"{preset} ({', '.join(rest)})" if rest else preset)
-    caption = "; ".join(f"every {p}: {', '.join(c)}" for p, c in shared.items() if c)
+    caption = "; ".join([*(f"every {p}: {', '.join(c)}" for p, c in shared.items() if c),
+                         *(f"every compressed {p}: {', '.join(c)}" for p, c in shared_comp.items() if c)])
     return labels, caption
 
 
@@ -308,6 +327,12 @@ def describe(reps: pd.DataFrame, params: Sequence[str] = (), network: bool = Tru
         separated += [c for c in network_cols if differs(c)]
         for k, r in reps.iterrows():
             parts[k].append(variant_label(r, exclude=params))
+    if not network and "compression" in reps and compressed(reps).nunique() > 1:
+        # Setups of compressed models (a retraining's lr and epochs, the parent as init) and of
+        # trained ones, in one figure: say which is which before the numbers.
+        separated.append("compression")
+        for k, is_compressed in compressed(reps).items():
+            parts[k].append("compressed" if is_compressed else "trained")
     if differs("data", "n_train"):
         separated += [name for c, name in (("data", "data"), ("n_train", "train images")) if differs(c)]
         for k, r in reps.iterrows():
@@ -328,7 +353,8 @@ def describe(reps: pd.DataFrame, params: Sequence[str] = (), network: bool = Tru
         if differs(col) and (col not in _RECIPE_DEFAULTS or any(_overridden(r, col) for _, r in reps.iterrows())):
             separated.append(name)
             for k, r in reps.iterrows():
-                parts[k].append(_phrase(fmt, col, r[col]))
+                if not _blank(r[col]):  # no 'init ' for a run trained from scratch
+                    parts[k].append(_phrase(fmt, col, r[col]))
         elif col in ("recipe", "max_epochs") and not differs(col) and not _blank(reps[col].iloc[0]):
             common.append(_phrase(fmt, col, reps[col].iloc[0]))
     common_text = "; ".join(common)

@@ -188,3 +188,25 @@ def test_a_compressed_models_size_is_its_file(tmp_path):
     assert runs[EIGHT] == pytest.approx(0.4 * 2**20 / 1e6)
     assert "sizes in MB (float32 parameters, compressed models' files)" in runner.invoke(
         app, ["report", "--ledger", str(path)]).stdout.replace("\n", " ")
+
+
+def test_labels_tell_compressions_apart_by_the_settings_they_do_not_share(tmp_path):
+    """Protects the figure labels of compressed models: side by side they name only the settings
+    that differ ('cifar (compressed: density paper, 6 bits)'), the caption the ones all share; and
+    a figure's experiments say which are compressed and which trained (no empty 'init ')."""
+    path = tmp_path / "l.csv"
+    parent = add(path, acc=0.8)
+    add_compressed(path, parent, 0.7, bits="6")
+    add_compressed(path, parent, 0.75, bits="8")
+    add_compressed(path, parent, 0.6, bits="4", density="0.3")
+    models = L.read(path).frame()
+    labels, caption = R.short_labels(models)
+    assert labels == ["cifar", "cifar (compressed: density paper, 6 bits)", "cifar (compressed: density paper, 8 bits)",
+                      "cifar (compressed: density 0.3, 4 bits)"]
+    assert caption == "every compressed cifar: Huffman, retrain 1, finetune 1"
+    assert R.short_labels(models.iloc[:2])[0] == ["cifar", SIX]  # one compressed model: every setting
+    setups = models.assign(_setup=R._joined(models[R.SETUP_COLUMNS])).drop_duplicates("_setup").set_index("_setup")
+    described = R.describe(setups, network=False)
+    assert list(described.labels.values()) == ["trained, lr 0.001, 100 epochs",
+                                               f"compressed, lr 0.0001, 2 epochs, init {parent[:8]}"]
+    assert described.separated_by[0] == "compression"
