@@ -950,7 +950,7 @@ def report(
 
       fireablate report --baseline cifar --csv
     """
-    from .results import compare_sizes, report_table, to_markdown, with_metric
+    from .results import compare_sizes, done_runs, report_table, size_basis, to_markdown, with_metric
 
     df, _ = _read_ledgers(ledger)
     df, phrase = with_metric(df, metric)
@@ -964,7 +964,7 @@ def report(
     if as_csv:
         sys.stdout.write(table.to_csv(index=False))
         return
-    _print_table(table, f"Top-1 validation accuracy by model variant, sizes in {size_unit} (float32)")
+    _print_table(table, f"Top-1 validation accuracy by model variant, sizes in {size_unit} ({size_basis(done_runs(df))})")
     out.print(phrase)
     if chosen is None:
         out.print("sizes are not compared: the ledger has no done run of alexnet_cifar (choose one with --baseline)")

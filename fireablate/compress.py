@@ -66,6 +66,9 @@ PAPER_V10 = {
 PAPER_BY_KIND = {"stem": 1.0, "squeeze": 1.0, "expand1x1": 1.0, "bypass": 1.0, "expand3x3": 0.33, "conv": 0.33,
                  "conv1x1": 1.0, "dense": 0.2, "classifier": 0.2}
 _V10_FIRES = S.SqueezeNetSpec().fire_sizes()
+# What a layer gets that the --density or --bits text does not name (nor its kind or group).
+UNNAMED_DENSITY = 1.0
+UNNAMED_BITS = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,31 +155,45 @@ def _layer_key(text: str) -> str:
     return text.strip().replace("/", ".")  # count-params writes fire2/expand3x3
 
 
+def _items(option: str, text: str, parse: Callable[[str, str], Any], named: set[str],
+           check_key: Callable[[str], None] = lambda key: None) -> tuple[Any, dict[str, Any]]:
+    """'DEFAULT,KEY=VALUE,...' as _per_layer applies it: the default (the last item without '=',
+    a name in ``named`` or a parsed value; None when there is none) and each key's value (the last
+    given). ``check_key`` refuses a key before its value is read."""
+    items = [item.strip() for item in str(text).split(",")]
+    if not all(items):
+        raise UsageError(f"--{option}: empty item in {text!r}")
+    default, given = None, {}
+    for item in items:
+        if "=" not in item:
+            default = item if item in named else parse(option, item)
+            continue
+        key, _, value_text = item.partition("=")
+        key = _layer_key(key)
+        check_key(key)
+        given[key] = parse(option, value_text)
+    return default, given
+
+
 def _per_layer(option: str, text: str, layers: list[WeightedLayer], parse: Callable[[str, str], Any],
                named_default: dict[str, Callable[[WeightedLayer], Any]], fallback: Any) -> dict[str, Any]:
     """A per-layer value from 'DEFAULT,KEY=VALUE,...': a layer's own name beats its kind, its kind
     its group (conv or dense), its group the default; layers that nothing names get ``fallback``."""
     names = [l.name for l in layers]
     keys = set(names) | {l.kind for l in layers} | {"conv", "dense"}
-    default: Callable[[WeightedLayer], Any] = lambda layer: fallback
-    given: dict[str, Any] = {}
-    items = [item.strip() for item in str(text).split(",")]
-    if not all(items):
-        raise UsageError(f"--{option}: empty item in {text!r}")
-    for item in items:
-        if "=" not in item:
-            if item in named_default:
-                default = named_default[item]
-            else:
-                value = parse(option, item)
-                default = lambda layer, value=value: value
-            continue
-        key, _, value_text = item.partition("=")
-        key = _layer_key(key)
+
+    def check_key(key: str) -> None:
         if key not in keys:
             raise UsageError(f"--{option}: unknown layer {key!r}; this network has {', '.join(names)} "
                              "(or a kind such as expand3x3, or conv / dense)")
-        given[key] = parse(option, value_text)
+
+    default, given = _items(option, text, parse, set(named_default), check_key)
+
+    def unnamed(layer: WeightedLayer) -> Any:
+        if default is None:
+            return fallback
+        return named_default[default](layer) if default in named_default else default
+
     out = {}
     for l in layers:
         for key in (l.name, l.kind, l.group):
@@ -184,7 +201,7 @@ def _per_layer(option: str, text: str, layers: list[WeightedLayer], parse: Calla
                 out[l.name] = given[key]
                 break
         else:
-            out[l.name] = default(l)
+            out[l.name] = unnamed(l)
     return out
 
 
@@ -213,14 +230,44 @@ def resolve_densities(text: str, model: Network, layers: list[WeightedLayer] | N
     layers = layers or weighted_layers(model)
     by_name = _is_v10_layout(model.spec, layers)
     paper = (lambda l: PAPER_V10[l.name]) if by_name else (lambda l: PAPER_BY_KIND[l.kind])
-    densities = _per_layer("density", text, layers, _parse_density, {"paper": paper}, 1.0)
+    densities = _per_layer("density", text, layers, _parse_density, {"paper": paper}, UNNAMED_DENSITY)
     uses_paper = any(item.strip() == "paper" for item in str(text).split(","))
     source = ("SqueezeNet Table 1, by v1.0 layer name" if by_name else "SqueezeNet Table 1, by layer kind") if uses_paper else "given"
     return densities, source
 
 
 def resolve_bits(text: str, model: Network, layers: list[WeightedLayer] | None = None) -> dict[str, int]:
-    return _per_layer("bits", text, layers or weighted_layers(model), _parse_bits, {}, 8)
+    return _per_layer("bits", text, layers or weighted_layers(model), _parse_bits, {}, UNNAMED_BITS)
+
+
+def _canonical(option: str, text: str, parse: Callable[[str, str], Any], named: set[str], fallback: Any) -> str:
+    """An option text in one spelling of the option's own syntax: the default first (``fallback``
+    when none is given), then KEY=VALUE sorted by key, values as numbers ('40%' and '0.40' are 0.4).
+    Order and repeats do not matter to _per_layer (a name beats a kind beats a group, the last of
+    one key wins), so texts it reads alike are written alike."""
+    default, given = _items(option, text, parse, named)
+    show = lambda v: v if isinstance(v, str) else format(v, ".12g")
+    return ",".join([show(fallback if default is None else default), *(f"{k}={show(v)}" for k, v in sorted(given.items()))])
+
+
+def compression_text(settings: CompressSettings) -> str:
+    """The settings that make a compressed model, as one canonical line for its ledger row:
+    'density paper, 6 bits, Huffman, retrain 1, finetune 1', or with per-layer options in their
+    own syntax ('density paper,conv10=0.1, bits 8,dense=5, no Huffman, ...').
+
+    Every option that changes the model or its file is written out, defaults too (a later default
+    cannot change what an old row means); the same settings always give the same text, so results
+    pool exactly the seeds of one compression. The lr, recipe and seed have ledger columns of
+    their own; k-means iterations, which the command does not set, are written where not the default.
+    """
+    density = _canonical("density", settings.density, _parse_density, {"paper"}, UNNAMED_DENSITY)
+    bits = _canonical("bits", settings.bits, _parse_bits, set(), UNNAMED_BITS)
+    parts = [f"density {density}", f"{bits} bits" if bits.isdigit() else f"bits {bits}",
+             "Huffman" if settings.huffman else "no Huffman",
+             f"retrain {settings.retrain_epochs}", f"finetune {settings.finetune_epochs}"]
+    if settings.kmeans_iters != CompressSettings.kmeans_iters:
+        parts.append(f"k-means {settings.kmeans_iters} iterations")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -751,7 +798,9 @@ def compress(source: str, settings: CompressSettings, choice: DataChoice = DataC
     recipe = config.resolved_recipe
     ledger_file = L.ledger_path(ledger_path)
     if not no_data:
-        L.read(ledger_file).require_appendable()  # a ledger that cannot take the row fails now, not after training
+        # A ledger that cannot take the row (another version's, or one without the compressed
+        # models' columns) fails now, not after training.
+        L.read(ledger_file).require_appendable(compressed=True)
     dev = resolve_device(device)
     if data is None and not no_data:
         data = load_data(config.data, Path(config.data_dir) if config.data_dir else None, config.limit_train, config.limit_test)
@@ -838,13 +887,14 @@ def _layer_row(s: codec.LayerBytes, density: float) -> dict[str, Any]:
 
 
 def _ledger_row(report: CompressReport, src: Source, config: TrainConfig, data: ImageData, counts, device) -> dict[str, Any]:
-    """The compression as a ledger row: a run of its own, linked to its parent through ``init``.
+    """The compression as a ledger row: a run of its own, linked to its parent run by ``parent_run``.
 
     The row's ``init`` is the parent's model file (its digest, as for any run started from a
     model file), the recipe and lr are the retraining's, ``max_epochs``/``epochs`` count the
     retraining and fine-tuning epochs, ``mib`` is the file's bytes / 2**20, ``params`` the
-    parameters the file stores (kept weights, biases, batch norm), and the accuracy and loss are
-    the compressed model's. The parent's run id is in the sidecar JSON (no column holds it).
+    parameters the file stores (kept weights, biases, batch norm), ``compression`` the settings
+    (``compression_text``; blank only in training rows) and the accuracy and loss are the
+    compressed model's. ``parent_run`` is blank for a model file that is no run's.
     """
     from . import ledger as L
 
@@ -861,6 +911,13 @@ def _ledger_row(report: CompressReport, src: Source, config: TrainConfig, data: 
         final_val_loss=final_loss, train_time_s=round(report.train_seconds, 3),
         images_per_sec=round(seen / report.train_seconds, 2) if seen and report.train_seconds else "",
         n_train=len(data.train_y), n_test=len(data.test_y), device=str(device), precision="fp32",
-        started=report.started, ended=report.ended,
+        started=report.started, ended=report.ended, parent_run=report.parent_run_id or "",
+        compression=compression_text(_settings_of(report)),
     )
     return row
+
+
+def _settings_of(report: CompressReport) -> CompressSettings:
+    """The settings a report (or a sidecar written by an older version) records."""
+    known = {f.name for f in dataclasses.fields(CompressSettings)}
+    return CompressSettings(**{k: v for k, v in report.settings.items() if k in known})

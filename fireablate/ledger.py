@@ -4,7 +4,9 @@ This module is the one place that knows the columns. Appends take a POSIX lock o
 ``.lock`` file (fcntl locks also hold across NFS clients) and write the row with one ``write``
 call on an O_APPEND descriptor, then fsync, so concurrent writers on one machine or many never
 tear or drop a row. Readers skip a damaged row with a warning naming its line instead of refusing
-the whole file; nothing here ever rewrites what is already there.
+the whole file; nothing here ever rewrites what is already there. A ledger of the version before
+COMPRESSION_COLUMNS keeps taking training rows under its own header; only a compressed model's row
+needs a ledger of this version.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ OUTCOME_COLUMNS = [
     "epochs", "best_epoch", "best_val_acc", "best_val_loss", "final_val_acc", "final_val_loss",
     "train_time_s", "images_per_sec",
 ]
+# A compressed model's own columns: the run it was compressed from, and its settings as one
+# canonical text (compress.compression_text). Training rows leave them blank. They come last, so
+# that the header of a ledger written before them is a prefix of COLUMNS and that ledger still
+# takes training rows (see _writable).
+COMPRESSION_COLUMNS = ["parent_run", "compression"]
 COLUMNS = [
     "run_id", "status", "preset", "sweep_param", "sweep_value",
     *SPEC_COLUMNS,
@@ -46,6 +53,7 @@ COLUMNS = [
     "data_identity", "n_train", "n_test", *CONFIG_COLUMNS,
     *OUTCOME_COLUMNS,
     "fireablate_version", "torch_version", "host", "started", "ended", "out_dir", "slurm_job_id", "error",
+    *COMPRESSION_COLUMNS,
 ]
 NUMERIC = {
     *(name for name, (opt, _) in SPEC_OPTIONS.items() if opt.kind in (int, float)),
@@ -257,13 +265,44 @@ def _separator(path: Path, body: str, row: str) -> str:
                       "use another --ledger")
 
 
-def _continuation(path: Path, fd: int, line: bytes) -> bytes:
-    """What to write to a ledger that has a header already: ``line``, after what it needs first."""
+_BEFORE_COMPRESSION = len(COLUMNS) - len(COMPRESSION_COLUMNS)  # the header of the version before them
+
+
+def _writable(header: list[str]) -> list[str] | None:
+    """The columns an append writes under ``header``: all of COLUMNS for this version's ledger, the
+    ones it has for a ledger written before COMPRESSION_COLUMNS (its header a prefix of COLUMNS that
+    lacks some of them), None for any other header: another version's, which append refuses."""
+    return header if len(header) >= _BEFORE_COMPRESSION and header == COLUMNS[:len(header)] else None
+
+
+def _another_version(path: Path, then: str) -> LedgerError:
+    return LedgerError(f"{path} was written by another version of fireablate (its columns differ); {then}")
+
+
+def _lacks(path: Path, missing: list[str]) -> LedgerError:
+    """Why a compressed model's row cannot go into a ledger written before its columns, and what to do."""
+    return LedgerError(f"{path} was written by an older fireablate: its header has no {' or '.join(missing)} "
+                       "column, so it takes training runs but not a compressed model's row; "
+                       "use another --ledger (a new file gets this version's columns)")
+
+
+def _row_line(path: Path, columns: list[str], row: dict[str, Any]) -> bytes:
+    """``row`` as a record under ``columns`` (a prefix of COLUMNS). A cell the header has no column
+    for must be blank: what a row says is never dropped on the way into the file."""
+    missing = [c for c in COLUMNS[len(columns):] if _cell(row.get(c))]
+    if missing:
+        raise _lacks(path, missing)
+    return _csv_line([_cell(row.get(c)) for c in columns])
+
+
+def _continuation(path: Path, fd: int, row: dict[str, Any]) -> bytes:
+    """What to write to a ledger that has a header already: ``row``, after what it needs first."""
     with open(fd, "rb", closefd=False) as fh:
         first = fh.readline(_HEADER_MAX)
-        if _header(path, first) != COLUMNS:
-            raise LedgerError(f"{path} was written by another version of fireablate (its columns differ); "
-                              "use another --ledger")
+        columns = _writable(_header(path, first))
+        if columns is None:
+            raise _another_version(path, "use another --ledger")
+        line = _row_line(path, columns, row)
         body = fh.read()
     if not first.endswith(b"\n"):  # the header, whole, but without its newline
         return b"\n" + line
@@ -302,7 +341,8 @@ def _write_all(fd: int, path: Path, data: bytes) -> None:
 def append(path: Path, row: dict[str, Any]) -> None:
     """Append one row; write the header first if the ledger is new.
 
-    Under the ledger's lock the row (after what closes off a torn last row, if any) goes out in one
+    A ledger written before COMPRESSION_COLUMNS gets the columns its header has; a row that fills
+    one it lacks (a compressed model's) is refused with LedgerError. Under the ledger's lock the row (after what closes off a torn last row, if any) goes out in one
     write on an O_APPEND descriptor, then fsync. A failed append raises LedgerError and takes back
     what it wrote of the row.
     """
@@ -312,14 +352,13 @@ def append(path: Path, row: dict[str, Any]) -> None:
     if row.get("status") not in STATUSES:
         raise ValueError(f"bad status {row.get('status')!r}")
     path = Path(path)
-    line = _csv_line([_cell(row.get(c)) for c in COLUMNS])
     with lock(path):
         fd = _open_ledger(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "append to")
         try:
             if os.fstat(fd).st_size == 0:
-                data = _csv_line(COLUMNS) + line
+                data = _csv_line(COLUMNS) + _row_line(path, COLUMNS, row)
             else:
-                data = _continuation(path, fd, line)
+                data = _continuation(path, fd, row)
             _write_all(fd, path, data)
         finally:
             os.close(fd)
@@ -330,13 +369,21 @@ class Ledger:
     rows: list[dict[str, Any]]  # good rows, numbers parsed
     warnings: list[str]  # one per skipped row, with its line number
     path: Path
-    appendable: bool = True  # False for a ledger of another version: readable, but append refuses it
+    columns: tuple[str, ...] = tuple(COLUMNS)  # the file's header; a new or empty ledger gets all of COLUMNS
 
-    def require_appendable(self) -> "Ledger":
-        """Fail now, before a run trains, when ``append`` would refuse the run's row."""
+    @property
+    def appendable(self) -> bool:
+        """False for a ledger of another version: readable, but append refuses it."""
+        return _writable(list(self.columns)) is not None
+
+    def require_appendable(self, compressed: bool = False) -> "Ledger":
+        """Fail now, before a run trains or a model is compressed, when ``append`` would refuse the
+        row; ``compressed``: the row is a compressed model's, which fills COMPRESSION_COLUMNS."""
         if not self.appendable:
-            raise LedgerError(f"{self.path} was written by another version of fireablate (its columns differ); "
-                              "it can be read, but new runs need another --ledger")
+            raise _another_version(self.path, "it can be read, but new runs need another --ledger")
+        missing = [c for c in COMPRESSION_COLUMNS if c not in self.columns] if compressed else []
+        if missing:
+            raise _lacks(self.path, missing)
         return self
 
     def frame(self):
@@ -422,7 +469,7 @@ def read(path: Path, missing_ok: bool = True) -> Ledger:
             warnings.append(f"{path} line {line}: damaged row ({parsed}); skipped")
         else:
             rows.append(parsed)
-    return Ledger(rows, warnings, path, appendable=columns == COLUMNS)
+    return Ledger(rows, warnings, path, tuple(columns))
 
 
 def read_frame(path: str | Path | None = None):

@@ -8,8 +8,10 @@ that table beside the figure as CSV, so every number in a figure can be checked.
 The numbers come from ``results``: a line is one experiment, and experiments are never averaged
 together. Accuracy is the best validation (top-1) accuracy of each run, drawn in percent (the
 CSV keeps fractions, as the ledger does); size is float32 parameter bytes in MB (10^6 bytes, the
-study's unit) or MiB, named on every label. Figures are built under a local style (no global
-matplotlib or seaborn state changes) and are not registered with pyplot.
+study's unit) or MiB, named on every label, and a compressed model's is its file's bytes (the
+Pareto figure draws an arrow to it from the model it was compressed from). Figures are built
+under a local style (no global matplotlib or seaborn state changes) and are not registered with
+pyplot.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import FancyArrowPatch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
@@ -548,8 +551,9 @@ def pareto_front(size: np.ndarray, acc: np.ndarray) -> np.ndarray:
 
 def pareto_table(df: pd.DataFrame, size_unit: str = "MB") -> tuple[pd.DataFrame, R.Described, str]:
     """One row per variant (mean over its seeds), with its experiment (the data and training
-    settings), its label in the figure, and whether it is on that experiment's Pareto front; and
-    the overrides the labels leave out because every model of their preset has them."""
+    settings), for a compressed model the run it was compressed from ('parent run'), its label in
+    the figure, and whether it is on that experiment's Pareto front; and the overrides the labels
+    leave out because every model of their preset has them."""
     df = R._measured(df)
     size_col = R.size_column(size_unit)
     d = R.done_runs(df)
@@ -562,8 +566,10 @@ def pareto_table(df: pd.DataFrame, size_unit: str = "MB") -> tuple[pd.DataFrame,
         first = g.iloc[0]
         rows.append({"experiment": described.labels[first["_setup"]], "model": R.variant_label(first),
                      **R._setup_cells(first), **R._stats(g[R.ACC]),
-                     size_col: R.size_in(first["params"], size_unit), "params": first["params"],
-                     "run ids": " ".join(g["run_id"]), "_setup": first["_setup"]})
+                     size_col: R.model_size(g, size_unit).iloc[0], "params": first["params"],
+                     "run ids": " ".join(g["run_id"]),
+                     "parent run": " ".join(dict.fromkeys(p for p in g["parent_run"].map(R._text) if p)),
+                     "_setup": first["_setup"]})
     table = pd.DataFrame(rows)
     firsts = d.drop_duplicates("_variant")
     table["label"], shared = R.short_labels(firsts)
@@ -577,9 +583,55 @@ def pareto_table(df: pd.DataFrame, size_unit: str = "MB") -> tuple[pd.DataFrame,
     return table.drop(columns="_setup"), described, shared
 
 
+def parent_links(table: pd.DataFrame) -> tuple[list[tuple[int, int]], list[str]]:
+    """(parent's row, compressed model's row) of a ``pareto_table`` for each compressed model whose
+    parent run has a point (its variant's, when the parent is one of several seeds); and the parent
+    runs that have none (not done, or in a ledger not read)."""
+    point_of = {rid: i for i, ids in table["run ids"].items() for rid in ids.split()}
+    links, missing = [], []
+    for i, parents in table["parent run"].items():
+        for rid in parents.split():
+            if rid in point_of:
+                links.append((point_of[rid], i))
+            else:
+                missing.append(rid)
+    return links, missing
+
+
+LINK_COLOR = "0.45"  # the arrows from an original to its compressed models: grey, thin, under the points
+
+
+def _draw_links(ax, table: pd.DataFrame, size_col: str, marker: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A thin arrow from each compressed model's parent to it, under the markers; returns the
+    arrows as segments, for the labels to avoid."""
+    segments = []
+    for parent, child in parent_links(table)[0]:
+        xs = table.loc[[parent, child], size_col].to_numpy(float)
+        ys = table.loc[[parent, child], R.ACC_MEAN].to_numpy(float) * 100
+        # add_artist, not add_patch: the axis limits are set from the points alone.
+        ax.add_artist(FancyArrowPatch((xs[0], ys[0]), (xs[1], ys[1]), arrowstyle="-|>", mutation_scale=8,
+                                      color=LINK_COLOR, linewidth=0.8, shrinkA=marker / 2 + 1, shrinkB=marker / 2 + 1,
+                                      zorder=2))
+        segments.append((xs, ys))
+    return segments
+
+
+def _pareto_notes(experiments: list[str], described: R.Described, table: pd.DataFrame) -> list[str]:
+    """What the command line says beside the figure: experiments kept apart, arrows not drawn."""
+    notes = [] if len(experiments) < 2 else [
+        f"{len(experiments)} experiments, each with its own front, differing in {', '.join(described.separated_by)}: "
+        + "; ".join(repr(e) for e in experiments)]
+    missing = parent_links(table)[1]
+    if missing:
+        notes.append(f"{len(missing)} compressed model(s) drawn without an arrow: their parent run(s) "
+                     f"{', '.join(dict.fromkeys(missing))} have no point (not done, or in a ledger not read)")
+    return notes
+
+
 def pareto_figure(df: pd.DataFrame, size_unit: str = "MB", style: str = "default", dpi: int | None = None) -> Drawn:
     """Accuracy against size for every model variant (mean over seeds, single runs faint), each
-    point labelled, coloured by experiment, with each experiment's Pareto front joined."""
+    point labelled, coloured by experiment, with each experiment's Pareto front joined and an arrow
+    from each compressed model's original to it."""
     look = _look(style)
     table, described, shared = pareto_table(df, size_unit)
     size_col = R.size_column(size_unit)
@@ -604,7 +656,7 @@ def pareto_figure(df: pd.DataFrame, size_unit: str = "MB", style: str = "default
         for color, name in zip(palette, experiments):
             mine = table[table["experiment"] == name].sort_values(size_col)
             singles = runs[runs["experiment"] == name]
-            sx = R.size_in(singles["params"], size_unit).to_numpy(float)
+            sx = R.model_size(singles, size_unit).to_numpy(float)
             sy = singles[R.ACC].to_numpy(float) * 100
             many = singles["_variant"].map(singles["_variant"].value_counts()).to_numpy() > 1
             if many.any():
@@ -631,20 +683,21 @@ def pareto_figure(df: pd.DataFrame, size_unit: str = "MB", style: str = "default
         handles.append(Line2D([], [], color="0.3", marker="o", markersize=marker * 2.1, markerfacecolor="none",
                               linewidth=1.2))
         labels.append("Pareto front" + (" (one per experiment)" if len(experiments) > 1 else ""))
+        links = _draw_links(ax, table, size_col, marker)
+        if links:
+            handles.append(Line2D([], [], color=LINK_COLOR, linewidth=0.8, marker=">", markersize=4))
+            labels.append("original → compressed")
         ax.set_xscale("log")
         sizes = table[size_col].to_numpy(float)
         ax.set_xlim(sizes.min() / 1.35, sizes.max() * 1.35)
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel(f"Model size ({size_unit}, float32 parameters; log scale)")
+        ax.set_xlabel(f"Model size ({size_unit}, {R.size_basis(runs)}; log scale)")
         _percent_axis(ax, np.array(lows), np.array(highs), headroom=0.12)
         _legend(ax, body, look, handles, labels)
-        _place_labels(fig, ax, names, marks, marker * fig.dpi / 72, look.small, lines=lines)
-    notes = [] if len(experiments) < 2 else [
-        f"{len(experiments)} experiments, each with its own front, differing in {', '.join(described.separated_by)}: "
-        + "; ".join(repr(e) for e in experiments)]
-    return Drawn(fig, table, notes)
+        _place_labels(fig, ax, names, marks, marker * fig.dpi / 72, look.small, lines=lines + links)
+    return Drawn(fig, table, _pareto_notes(experiments, described, table))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,12 +32,15 @@ from .params import size_in as params_size_in
 from .presets import PRESETS
 from .spec import SPEC_OPTIONS, spec_cells
 
+# What a model is: its network (the preset and every option) and, for a compressed model, its
+# compression settings (one canonical text, blank for a trained model). Labels name these.
+MODEL_COLUMNS = ["preset", *SPEC_COLUMNS, "compression"]
 # Everything that defines a run except its seed, derived from the option declarations: runs that
-# agree on all of these are seeds of one experiment, and only they are ever pooled.
-VARIANT_COLUMNS = ["preset", *SPEC_COLUMNS, "data_identity", "n_train",
-                   *(c for c in CONFIG_IDENTITY_COLUMNS if c != "seed")]
+# agree on all of these are seeds of one experiment, and only they are ever pooled. Two
+# compressions of one model that differ only in their settings are two variants.
+VARIANT_COLUMNS = [*MODEL_COLUMNS, "data_identity", "n_train", *(c for c in CONFIG_IDENTITY_COLUMNS if c != "seed")]
 # The training half of a variant: the data and how it was trained.
-SETUP_COLUMNS = [c for c in VARIANT_COLUMNS if c != "preset" and c not in SPEC_COLUMNS]
+SETUP_COLUMNS = [c for c in VARIANT_COLUMNS if c not in MODEL_COLUMNS]
 
 ACC_MEAN = "acc mean (fraction)"
 ACC_SD = "acc sd (fraction)"
@@ -60,6 +63,25 @@ def size_in(params, unit: str):
     """Float32 parameter bytes in ``unit`` (a number or a Series of parameter counts)."""
     size_column(unit)
     return params_size_in(params, unit)
+
+
+def compressed(rows: pd.DataFrame) -> pd.Series:
+    """Per run, whether it is a compressed model (its ledger row names its compression)."""
+    return rows["compression"].map(lambda v: not _blank(v))
+
+
+def model_size(rows: pd.DataFrame, unit: str) -> pd.Series:
+    """What each run's model takes stored, in ``unit``: its float32 parameters, or for a compressed
+    model its file (the ledger's ``mib``), since a parameter count sees neither the bits per weight
+    nor the indices, codebooks and header: 6 and 8 bits have the same parameters."""
+    float32 = size_in(pd.to_numeric(rows["params"], errors="coerce"), unit)
+    on_disk = pd.to_numeric(rows["mib"], errors="coerce") * SIZE_UNITS["MiB"] / SIZE_UNITS[unit]
+    return float32.where(~compressed(rows), on_disk)
+
+
+def size_basis(rows: pd.DataFrame) -> str:
+    """What the sizes of ``rows`` count, for a caption or an axis label."""
+    return "float32 parameters, compressed models' files" if compressed(rows).any() else "float32 parameters"
 
 
 # Which epoch's accuracy a run reports. The study used EarlyStopping without restoring the best
@@ -192,9 +214,29 @@ def _spec_diffs(row: pd.Series, exclude=()) -> list[str]:
     return diffs
 
 
+def _compression_parts(row: pd.Series) -> list[str]:
+    """A compressed model's settings, one per part: ['density paper', '6 bits', 'Huffman', ...];
+    [] for a trained model. compress.compression_text joins its parts with ', ' (and the items of
+    a per-layer option with ',' alone)."""
+    text = _text(row["compression"]) if "compression" in row.index else ""
+    return text.split(", ") if text else []
+
+
+def _compressed_phrase(parts: list[str]) -> str:
+    return f"compressed: {', '.join(parts)}" if parts else "compressed"
+
+
+def _model_diffs(row: pd.Series, exclude=()) -> list[str]:
+    """How a run's model differs from its preset: its network's differences, then, for a
+    compressed model, 'compressed: ' and its settings."""
+    parts = _compression_parts(row)
+    return _spec_diffs(row, exclude) + ([_compressed_phrase(parts)] if parts else [])
+
+
 def variant_label(row: pd.Series, exclude=()) -> str:
-    """The preset's name plus what differs from it, e.g. 'cifar (sr=0.5, freq=2)'."""
-    diffs = _spec_diffs(row, exclude)
+    """The preset's name plus what differs from it, e.g. 'cifar (sr=0.5, freq=2)' or
+    'cifar (compressed: density paper, 6 bits, Huffman, retrain 1, finetune 1)'."""
+    diffs = _model_diffs(row, exclude)
     return f"{row['preset']} ({', '.join(diffs)})" if diffs else str(row["preset"])
 
 
@@ -203,19 +245,28 @@ def short_labels(models: pd.DataFrame) -> tuple[list[str], str]:
 
     Returns a label per row ('cifar (sr=0.5)') and what was left out, for a caption ('every
     cifar: base_e=16, n_fire=3'): a figure's labels then say only what tells its points apart.
+    Compressed models of a preset are told apart by the settings they do not share ('cifar
+    (compressed: 6 bits)'; 'every compressed cifar: density paper, Huffman, ...').
     """
-    diffs = [_spec_diffs(r) for _, r in models.iterrows()]
-    presets = [_text(p) for p in models["preset"]]
-    shared: dict[str, list[str]] = {}
-    for preset in dict.fromkeys(presets):
-        mine = [d for d, p in zip(diffs, presets) if p == preset]
-        if len(mine) > 1:
-            shared[preset] = [d for d in mine[0] if all(d in other for other in mine[1:])]
+    rows = [r for _, r in models.iterrows()]
+    presets = [_text(r["preset"]) for r in rows]
+    spec, comp = [_spec_diffs(r) for r in rows], [_compression_parts(r) for r in rows]
+
+    def shared_by(lists: list[list[str]], preset: str, compressed_only: bool = False) -> list[str]:
+        """What every model of ``preset`` has (every compressed one: among compressed models)."""
+        mine = [d for d, p in zip(lists, presets) if p == preset and (d or not compressed_only)]
+        return [d for d in mine[0] if all(d in other for other in mine[1:])] if len(mine) > 1 else []
+
+    shared = {p: shared_by(spec, p) for p in dict.fromkeys(presets)}
+    shared_comp = {p: shared_by(comp, p, compressed_only=True) for p in dict.fromkeys(presets)}
     labels = []
-    for d, preset in zip(diffs, presets):
-        rest = [x for x in d if x not in shared.get(preset, [])]
+    for d, c, preset in zip(spec, comp, presets):
+        rest = [x for x in d if x not in shared[preset]]
+        if c:
+            rest.append(_compressed_phrase([x for x in c if x not in shared_comp[preset]]))
         labels.append(f"{preset} ({', '.join(rest)})" if rest else preset)
-    caption = "; ".join(f"every {p}: {', '.join(c)}" for p, c in shared.items() if c)
+    caption = "; ".join([*(f"every {p}: {', '.join(c)}" for p, c in shared.items() if c),
+                         *(f"every compressed {p}: {', '.join(c)}" for p, c in shared_comp.items() if c)])
     return labels, caption
 
 
@@ -236,9 +287,9 @@ def experiment_keys(df: pd.DataFrame, params: list[str]) -> pd.Series:
     if df.empty:
         return pd.Series(dtype=str)
     if "preset" in params:
-        network = df.apply(lambda r: ", ".join(_spec_diffs(r, exclude=params)), axis=1)
+        network = df.apply(lambda r: ", ".join(_model_diffs(r, exclude=params)), axis=1)
     else:
-        network = _joined(df[["preset", *(c for c in SPEC_COLUMNS if c not in params)]])
+        network = _joined(df[[c for c in MODEL_COLUMNS if c not in params]])
     return network + "||" + _joined(df[SETUP_COLUMNS])
 
 
@@ -263,11 +314,11 @@ def describe(reps: pd.DataFrame, params: Sequence[str] = (), network: bool = Tru
 
     parts: dict[str, list[str]] = {k: [] for k in reps.index}
     separated, common = [], []
-    network_cols = [c for c in ("preset", *SPEC_COLUMNS) if c not in params]
+    network_cols = [c for c in MODEL_COLUMNS if c not in params]
     if not network:
         pass
     elif "preset" in params:
-        sig = reps.apply(lambda r: ", ".join(_spec_diffs(r, exclude=params)), axis=1)
+        sig = reps.apply(lambda r: ", ".join(_model_diffs(r, exclude=params)), axis=1)
         if sig.nunique() > 1:
             separated.append("network overrides")
             for k in reps.index:
@@ -276,6 +327,12 @@ def describe(reps: pd.DataFrame, params: Sequence[str] = (), network: bool = Tru
         separated += [c for c in network_cols if differs(c)]
         for k, r in reps.iterrows():
             parts[k].append(variant_label(r, exclude=params))
+    if not network and "compression" in reps and compressed(reps).nunique() > 1:
+        # Setups of compressed models (a retraining's lr and epochs, the parent as init) and of
+        # trained ones, in one figure: say which is which before the numbers.
+        separated.append("compression")
+        for k, is_compressed in compressed(reps).items():
+            parts[k].append("compressed" if is_compressed else "trained")
     if differs("data", "n_train"):
         separated += [name for c, name in (("data", "data"), ("n_train", "train images")) if differs(c)]
         for k, r in reps.iterrows():
@@ -296,7 +353,8 @@ def describe(reps: pd.DataFrame, params: Sequence[str] = (), network: bool = Tru
         if differs(col) and (col not in _RECIPE_DEFAULTS or any(_overridden(r, col) for _, r in reps.iterrows())):
             separated.append(name)
             for k, r in reps.iterrows():
-                parts[k].append(_phrase(fmt, col, r[col]))
+                if not _blank(r[col]):  # no 'init ' for a run trained from scratch
+                    parts[k].append(_phrase(fmt, col, r[col]))
         elif col in ("recipe", "max_epochs") and not differs(col) and not _blank(reps[col].iloc[0]):
             common.append(_phrase(fmt, col, reps[col].iloc[0]))
     common_text = "; ".join(common)
@@ -443,7 +501,7 @@ def sweep_data(df: pd.DataFrame, params: list[str], size_unit: str = "MB") -> Sw
                 **_setup_cells(rep),
                 **dict(zip(params, typed)),
                 **_stats(g[ACC]),
-                size_col: size_in(g["params"].iloc[0], size_unit),
+                size_col: model_size(g, size_unit).iloc[0],
                 "params": g["params"].iloc[0],
                 "run ids": " ".join(g["run_id"]),
             })
@@ -509,7 +567,7 @@ def group_runs(df: pd.DataFrame, param: str | None = None, status: str | None = 
             "done": len(done),
             ACC_MEAN: done[ACC].mean() if len(done) else float("nan"),
             ACC_SD: done[ACC].std(ddof=1) if len(done) > 1 else float("nan"),
-            size_col: size_in(first["params"], size_unit),
+            size_col: model_size(first.to_frame().T, size_unit).iloc[0],
             "params": first["params"],
             "status": _best_status(g),
             "run ids": " ".join(dict.fromkeys(g["run_id"])),
@@ -545,7 +603,7 @@ def report_table(df: pd.DataFrame, baseline: str | None = None, size_unit: str =
         rows.append({
             "model": variant_label(first),
             **_setup_cells(first),
-            size_col: size_in(first["params"], size_unit),
+            size_col: model_size(g, size_unit).iloc[0],
             "params": first["params"],
             ACC_MEAN: g[ACC].mean(),
             ACC_SD: g[ACC].std(ddof=1) if len(g) > 1 else float("nan"),

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fireablate import codec
-from fireablate.compress import (PAPER_V10, CompressSettings, compress_model, kmeans_1d, load_compressed,
-                                 prune_positions, resolve_bits, resolve_densities, to_model, weighted_layers)
+from fireablate.compress import (PAPER_V10, CompressSettings, compress_model, compression_text, kmeans_1d,
+                                 load_compressed, prune_positions, resolve_bits, resolve_densities, to_model,
+                                 weighted_layers)
 from fireablate.errors import UsageError
 from fireablate.model import build
 from fireablate.presets import resolve
@@ -143,6 +144,25 @@ def test_bad_densities_and_bits_are_one_line(option, text, message):
     tiny = build(TINY, seed=0)
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("]", r"\]")):
         (resolve_densities if option == "density" else resolve_bits)(text, tiny)
+
+
+def test_compression_text_is_one_spelling_per_setting():
+    """Protects results from pooling different compressions (and from splitting one): the ledger's
+    compression cell names every setting that changes the model, defaults too, and spellings that
+    resolve alike ('40%' and '0.40', items in another order or repeated) give one text."""
+    text = compression_text(CompressSettings(density="paper", bits="6"))
+    assert text == "density paper, 6 bits, Huffman, retrain 1, finetune 1"
+    assert compression_text(CompressSettings(density=" 40% ", bits="06")) == compression_text(
+        CompressSettings(density="0.4", bits="6"))
+    assert compression_text(CompressSettings(density="conv10=0.2,paper,fire2/expand3x3=10%,conv10=0.1",
+                                             bits="dense=5,conv=8", huffman=False, retrain_epochs=0)) == (
+        "density paper,conv10=0.1,fire2.expand3x3=0.1, bits 8,conv=8,dense=5, no Huffman, retrain 0, finetune 1")
+    assert compression_text(CompressSettings(density="fire2.expand3x3=0.33")).startswith("density 1,fire2")  # others kept whole
+    variants = [CompressSettings(bits="8"), CompressSettings(density="0.5"), CompressSettings(huffman=False),
+                CompressSettings(retrain_epochs=2), CompressSettings(finetune_epochs=0), CompressSettings(kmeans_iters=5)]
+    texts = [compression_text(v) for v in variants]
+    assert len(set(texts + [text])) == len(texts) + 1  # each setting tells a compression apart
+    assert compression_text(CompressSettings(seed=3, lr=0.5)) == compression_text(CompressSettings())  # own columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +307,8 @@ def test_compress_a_run_by_id_writes_file_sidecar_and_row(run):
     assert row["mib"] == pytest.approx(out.stat().st_size / 2**20, abs=1e-6) and row["error"] == ""
     assert row["best_val_acc"] == pytest.approx(report["accuracy"]["final"])
     assert row["init"] and row["init"] != rows[rid]["init"]  # started from the parent's weights
+    assert row["parent_run"] == rid and rows[rid]["parent_run"] == "" and rows[rid]["compression"] == ""
+    assert row["compression"] == "density paper, 6 bits, Huffman, retrain 1, finetune 1"
     # the file holds the model whose accuracy was reported
     evaluated = cli("evaluate", out, "--json")
     assert evaluated.exit_code == 0, evaluated.output
@@ -303,6 +325,28 @@ def test_compress_a_run_by_id_writes_file_sidecar_and_row(run):
     assert [r["run_id"] for r in L.read(ledger).rows] == [rid, report["run_id"]]
 
 
+def test_a_ledger_without_the_compression_columns_is_refused_before_any_work(run, monkeypatch):
+    """Protects an existing ledger (the version before parent_run and compression) from a row it
+    cannot hold: compress refuses it in one line, saying why and what to do, before any data is
+    loaded or anything written; the ledger still takes training rows (tests/test_ledger.py)."""
+    ledger, folder, rid = run
+    book = L.read(ledger)
+    old = [c for c in L.COLUMNS if c not in L.COMPRESSION_COLUMNS]
+    ledger.write_bytes(L._csv_line(old) + b"".join(L._csv_line([L._cell(r[c]) for c in old]) for r in book.rows))
+    before = ledger.read_bytes()
+    assert L.read(ledger).appendable
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the ledger was checked")
+
+    monkeypatch.setattr("fireablate.data.load", no_data)
+    line = one_line_error(cli("compress", rid, "--ledger", ledger, *QUICK, "--device", "cpu"), 1)
+    assert f"{ledger} was written by an older fireablate" in line and "no parent_run or compression column" in line
+    assert "use another --ledger" in line
+    assert ledger.read_bytes() == before
+    _nothing_written(folder, ledger, 1)
+
+
 def test_compress_a_model_file_with_its_own_data_and_no_parent(tmp_path):
     model = tmp_path / "tiny.pt"
     assert cli("build", *NET, "--output", model).exit_code == 0
@@ -312,6 +356,8 @@ def test_compress_a_model_file_with_its_own_data_and_no_parent(tmp_path):
     assert "total on disk" in result.stdout and "no parent run" in result.stdout
     (out,) = tmp_path.glob("tiny-compressed-*.fadc")
     assert json.loads((tmp_path / (out.name + ".json")).read_text())["parent_run_id"] is None
+    (row,) = L.read(L.ledger_path()).rows
+    assert row["parent_run"] == "" and row["compression"].startswith("density 0.4, bits 8,conv=4, no Huffman, retrain 0")
     _, decoded = load_compressed(out)
     assert {s.bits for s in decoded.layers} == {4}
     assert all(s.kept == int(0.4 * s.weights + 0.5) for s in decoded.layers)  # 40% of each layer, rounded

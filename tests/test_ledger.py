@@ -391,13 +391,79 @@ def test_an_older_ledger_reads_with_its_missing_columns_blank(tmp_path):
     assert [r["status"] for r in L.read(path).rows] == ["done"]
 
 
-def test_append_refuses_an_older_ledger(tmp_path):
+BEFORE_COMPRESSION = [c for c in L.COLUMNS if c not in L.COMPRESSION_COLUMNS]  # the previous version's header
+SAMPLE = L.Path(__file__).parents[1] / "examples" / "sample" / "ledger.csv"
+
+
+@pytest.mark.parametrize("columns", [
+    BEFORE_COMPRESSION[:-1],  # a prefix that stops before the compression columns' version: no "error"
+    [c for c in BEFORE_COMPRESSION if c != "host"],  # a column missing in the middle (the sample ledger's kind)
+    [BEFORE_COMPRESSION[1], BEFORE_COMPRESSION[0], *BEFORE_COMPRESSION[2:]],  # every column, in another order
+], ids=["no-error-column", "a-column-missing", "reordered"])
+def test_append_refuses_an_other_versions_ledger(tmp_path, columns):
+    """Protects 'a ledger of another version is refused, never rewritten': only this version's
+    header and the one before the compression columns take rows; any other is refused up front
+    (require_appendable) and by append, and stays as it was."""
     path = tmp_path / "old.csv"
-    _old_ledger(path, L.COLUMNS[:-1], [_row(1)])
+    _old_ledger(path, columns, [_row(1)])
     before = path.read_bytes()
+    book = L.read(path)
+    assert [r["run_id"] for r in book.rows] == [f"{1:012x}"] and not book.appendable
+    with pytest.raises(LedgerError, match="was written by another version of fireablate .*another --ledger"):
+        book.require_appendable()
     with pytest.raises(LedgerError, match="was written by another version of fireablate .*use another --ledger"):
         L.append(path, _row(2))
     assert path.read_bytes() == before
+
+
+def test_a_ledger_from_before_the_compression_columns_takes_training_rows(tmp_path):
+    """Protects existing ledgers: one written by the version before parent_run and compression
+    (its header a prefix of COLUMNS) still takes training rows, under its own header and never
+    rewritten, and they read back with the new columns blank."""
+    path = tmp_path / "old.csv"
+    _old_ledger(path, BEFORE_COMPRESSION, [_row(1)])
+    before = path.read_bytes()
+    assert L.read(path).require_appendable().appendable
+    L.append(path, _row(2, error='a "quoted", multi\nline message'))
+    text = path.read_bytes()
+    assert text.startswith(before) and text.splitlines()[0].decode() == ",".join(BEFORE_COMPRESSION)
+    book = L.read(path)
+    assert book.warnings == [] and [r["run_id"] for r in book.rows] == [f"{1:012x}", f"{2:012x}"]
+    assert book.rows[1]["error"] == 'a "quoted", multi\nline message'
+    assert book.rows[1]["parent_run"] == "" and book.rows[1]["compression"] == ""
+    assert _same({c: v for c, v in book.rows[1].items() if c != "error"},
+                 {c: v for c, v in _alone_as(_row(2)).items() if c != "error"})
+
+
+def test_a_compressed_row_needs_the_new_columns_and_is_refused_in_one_line(tmp_path):
+    """Protects compressions from being recorded without what tells them apart: on a ledger whose
+    header has no parent_run and compression, require_appendable(compressed=True) (which compress
+    calls before any work) and append both refuse in one line saying why and what to do, and
+    nothing is written. A ledger of this version, or a new one, takes the row whole."""
+    compressed = _row(3, parent_run=f"{1:012x}", compression="density paper, 6 bits, Huffman, retrain 1, finetune 1")
+    path = tmp_path / "old.csv"
+    _old_ledger(path, BEFORE_COMPRESSION, [_row(1)])
+    before = path.read_bytes()
+    for refuse in (lambda: L.read(path).require_appendable(compressed=True), lambda: L.append(path, compressed)):
+        with pytest.raises(LedgerError) as caught:
+            refuse()
+        message = str(caught.value)
+        assert "\n" not in message and "no parent_run or compression column" in message
+        assert "older fireablate" in message and "use another --ledger" in message
+    assert path.read_bytes() == before
+    new = tmp_path / "new" / "l.csv"
+    L.read(new).require_appendable(compressed=True)  # not there yet: it will get every column
+    L.append(new, compressed)
+    (row,) = L.read(new).rows
+    assert row["parent_run"] == f"{1:012x}" and row["compression"].startswith("density paper, 6 bits")
+
+
+def test_the_sample_ledger_still_reads(tmp_path):
+    """Protects the repository's sample ledger (an older version's, with fewer columns): it reads,
+    the compressed models' columns blank, and stays another version's for append."""
+    book = L.read(SAMPLE)
+    assert book.warnings == [] and len(book.rows) == 10 and not book.appendable
+    assert all(r["parent_run"] == "" and r["compression"] == "" for r in book.rows)
 
 
 @pytest.mark.parametrize("header,message", [
@@ -475,10 +541,11 @@ def test_any_body_reads_and_takes_a_row_whole(body):
         assert [r["run_id"] for r in L.read(path).rows[-2:]] == [f"{7:012x}", f"{8:012x}"]
 
 
-def _alone():
+def _alone_as(row: dict) -> dict:
+    """``row`` as read from a ledger of its own."""
     with tempfile.TemporaryDirectory() as folder:
-        L.append(L.Path(folder) / "l.csv", _row(7))
+        L.append(L.Path(folder) / "l.csv", row)
         return L.read(L.Path(folder) / "l.csv").rows[0]
 
 
-ALONE = _alone()  # row 7 as read from a ledger of its own
+ALONE = _alone_as(_row(7))

@@ -23,17 +23,29 @@ runner = CliRunner()
 
 
 def add(path, preset="cifar", overrides=None, param="", value="", seed=0, acc=0.5, status="done", run=None,
-        data="synthetic", n_train=2000, recipe="study", epochs=None, lr=None):
-    """Append one ledger row as a run of these settings would have it, without training."""
+        data="synthetic", n_train=2000, recipe="study", epochs=None, lr=None, **cells):
+    """Append one ledger row as a run of these settings would have it, without training; ``cells``
+    set ledger cells as they are (a compressed model's parent_run, compression, init, mib...)."""
     spec = resolve(preset, overrides or {})
     cfg = TrainConfig(data=data, seed=seed, recipe=recipe, epochs=epochs, lr=lr)
-    key = repr((preset, sorted((overrides or {}).items()), param, value, seed, data, n_train, recipe, epochs, lr))
+    key = repr((preset, sorted((overrides or {}).items()), param, value, seed, data, n_train, recipe, epochs, lr,
+                sorted(cells.items())))
     rid = run or hashlib.sha256(key.encode()).hexdigest()[:12]
     row = L.make_row(run_id=rid, status=status, spec=spec, config=cfg, counts=count(spec), data_source=data,
                      data_identity=f"{data}|{n_train}", sweep_param=param, sweep_value=value)
-    row.update(best_val_acc=acc if status == "done" else "", epochs=3, n_train=n_train, n_test=1000)
+    row.update(best_val_acc=acc if status == "done" else "", epochs=3, n_train=n_train, n_test=1000, **cells)
     L.append(path, row)
     return rid
+
+
+def add_compressed(path, parent: str, acc: float, seed: int = 0, mib: float = 0.5, **settings):
+    """Append the row a compression of run ``parent`` would append (compress._ledger_row's cells
+    that tell compressions apart), without compressing: its settings as compression_text writes them."""
+    from fireablate.compress import CompressSettings, compression_text
+
+    text = compression_text(CompressSettings(**settings))
+    return add(path, seed=seed, acc=acc, epochs=2, lr=0.0001, parent_run=parent, compression=text,
+               init=parent + "digest", mib=mib, params=400_000)
 
 
 def mean_lines(ax):
@@ -259,6 +271,70 @@ def test_pareto_fronts_are_per_experiment_and_every_point_is_labelled(tmp_path):
     ax = drawn.figure.axes[0]
     drawn.figure.canvas.draw()
     assert not boxes(drawn.figure, [ax.get_legend()])[0].overlaps(boxes(drawn.figure, [ax])[0])
+
+
+def _arrows(ax):
+    from matplotlib.patches import FancyArrowPatch
+
+    # FancyArrowPatch keeps its ends in data coordinates as _posA_posB (there is no getter).
+    return [a._posA_posB for a in ax.get_children() if isinstance(a, FancyArrowPatch)]
+
+
+def test_pareto_arrows_go_from_a_pooled_original_and_a_missing_one_is_said(tmp_path):
+    """Protects the link to an original drawn as one of several seeds: the arrow starts at its
+    variant's point (the mean over seeds), and a compressed model whose parent has no point gets
+    no arrow and a note saying so."""
+    path = tmp_path / "l.csv"
+    seeds = [add(path, seed=s, acc=acc) for s, acc in enumerate((0.8, 0.9))]
+    add_compressed(path, seeds[1], 0.7, bits="6", mib=0.5)
+    add_compressed(path, "0123456789ab", 0.6, bits="4", mib=0.25)  # its parent is in another ledger
+    drawn = P.pareto_figure(L.read(path).frame())
+    table = drawn.table
+    assert P.parent_links(table) == ([(0, 1)], ["0123456789ab"])
+    assert table["run ids"][0].split() == seeds and table["parent run"].tolist() == ["", seeds[1], "0123456789ab"]
+    [(start, end)] = _arrows(drawn.figure.axes[0])
+    assert start == pytest.approx((1_096_398 * 4 / 1e6, 85.0)) and end == pytest.approx((0.5 * 2**20 / 1e6, 70.0))
+    assert "1 compressed model(s) drawn without an arrow: their parent run(s) 0123456789ab" in drawn.notes[-1]
+
+
+def test_pareto_links_real_compressions_to_their_original(tmp_path):
+    """Protects the Pareto figure's link from original to compressed, on a real tiny run trained
+    and compressed at 6 and 8 bits on synthetic images: the CSV beside the figure names each
+    compressed model's parent run (the original point's run id), the figure draws an arrow from
+    the original's point to each compressed one and says so in its legend, the compressed points
+    sit at their files' sizes, and the figure renders."""
+    from .test_compress import DATA, NET
+
+    ledger = tmp_path / "runs" / "ledger.csv"
+    trained = runner.invoke(app, ["train", *NET, *DATA, "--recipe", "fast", "--epochs", "1", "--batch-size", "50",
+                                  "--device", "cpu", "--ledger", str(ledger)])
+    assert trained.exit_code == 0, trained.output
+    (parent,) = [r["run_id"] for r in L.read(ledger).rows]
+    for bits in ("6", "8"):
+        done = runner.invoke(app, ["compress", parent, "--ledger", str(ledger), "--bits", bits, "--retrain-epochs", "0",
+                                   "--finetune-epochs", "1", "--device", "cpu"])
+        assert done.exit_code == 0, done.output
+    out = tmp_path / "figs"
+    plotted = runner.invoke(app, ["plot", "--kind", "pareto", "--ledger", str(ledger), "--out-dir", str(out)])
+    assert plotted.exit_code == 0, plotted.output
+    assert matplotlib.image.imread(out / "pareto.png").shape[2] in (3, 4)
+    table = pd.read_csv(out / "pareto.csv", dtype={"run ids": str, "parent run": str}, keep_default_na=False)
+    rows = {r["run_id"]: r for r in L.read(ledger).rows}
+    original = table[table["run ids"] == parent]
+    compressed = table[table["parent run"] == parent]
+    assert len(original) == 1 and original["parent run"].iloc[0] == "" and len(compressed) == 2
+    assert sorted(compressed["label"]) == ["cifar (compressed: 6 bits)", "cifar (compressed: 8 bits)"]
+    for _, point in compressed.iterrows():
+        assert point["size MB"] == pytest.approx(rows[point["run ids"]]["mib"] * 2**20 / 1e6)
+    drawn = P.pareto_figure(L.read(ledger).frame())
+    ax = drawn.figure.axes[0]
+    start = (original["size MB"].iloc[0], original["acc mean (fraction)"].iloc[0] * 100)
+    ends = sorted(zip(compressed["size MB"], compressed["acc mean (fraction)"] * 100))
+    arrows = _arrows(ax)
+    assert len(arrows) == 2 and all(a == pytest.approx(start) for a, _ in arrows)
+    assert all(b == pytest.approx(e) for b, e in zip(sorted(b for _, b in arrows), ends))
+    assert "original → compressed" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "compressed models' files" in ax.get_xlabel()
 
 
 def test_pareto_front():

@@ -12,7 +12,7 @@ from fireablate import ledger as L
 from fireablate import results as R
 from fireablate.cli import app
 
-from .test_plots import add, two_experiments
+from .test_plots import add, add_compressed, two_experiments
 
 runner = CliRunner()
 
@@ -146,3 +146,67 @@ def test_short_ids_grow_until_they_are_unique():
     ids = ["abcdef012345", "abcdef019999", "123456789abc"]
     assert R.short_ids(ids) == {"abcdef012345": "abcdef012", "abcdef019999": "abcdef019", "123456789abc": "123456789"}
     assert R.short_ids(ids[1:]) == {"abcdef019999": "abcdef01", "123456789abc": "12345678"}
+
+
+SIX = "cifar (compressed: density paper, 6 bits, Huffman, retrain 1, finetune 1)"
+EIGHT = "cifar (compressed: density paper, 8 bits, Huffman, retrain 1, finetune 1)"
+
+
+def test_compressions_of_one_parent_pool_only_their_own_seeds(tmp_path):
+    """Protects report and runs from averaging different compressions: two compressions of one
+    parent that differ only in bits (same epochs, lr and seed) are two variants, named by their
+    settings, while one compression's seeds pool; the parent stays a variant of its own."""
+    path = tmp_path / "l.csv"
+    parent = add(path, acc=0.8)
+    six = [add_compressed(path, parent, acc, seed=s, bits="6") for s, acc in enumerate((0.70, 0.74))]
+    eight = add_compressed(path, parent, 0.78, bits="8")
+    table = R.report_table(L.read(path).frame()).set_index("model")
+    assert table.loc[SIX, "runs"] == 2 and table.loc[SIX, "acc mean (fraction)"] == pytest.approx(0.72)
+    assert table.loc[EIGHT, "runs"] == 1 and table.loc[EIGHT, "acc mean (fraction)"] == pytest.approx(0.78)
+    assert table.loc["cifar", "runs"] == 1 and len(table) == 3
+    grouped = json.loads(runner.invoke(app, ["runs", "--ledger", str(path), "--json"]).stdout)
+    assert {g["model"]: g["run ids"].split() for g in grouped} == {"cifar": [parent], SIX: six, EIGHT: [eight]}
+    listed = pd.read_csv(io.StringIO(runner.invoke(app, ["report", "--ledger", str(path), "--csv"]).stdout))
+    assert sorted(listed["model"]) == sorted(["cifar", SIX, EIGHT])
+    shown = runner.invoke(app, ["report", "--ledger", str(path), "--markdown"]).stdout
+    assert f"| {SIX} |" in shown and f"| {EIGHT} |" in shown
+
+
+def test_a_compressed_models_size_is_its_file(tmp_path):
+    """Protects the sizes of compressed models in runs, report and figures: the bytes of the
+    file (the ledger's mib), not float32 bytes of the parameters it stores, which 6 and 8 bits
+    share; a trained model's size stays its float32 parameters."""
+    path = tmp_path / "l.csv"
+    parent = add(path, acc=0.8)
+    add_compressed(path, parent, 0.7, bits="6", mib=0.3)
+    add_compressed(path, parent, 0.75, bits="8", mib=0.4)
+    table = R.report_table(L.read(path).frame(), size_unit="MiB").set_index("model")
+    assert table.loc[SIX, "size MiB"] == pytest.approx(0.3) and table.loc[EIGHT, "size MiB"] == pytest.approx(0.4)
+    assert table.loc["cifar", "size MiB"] == pytest.approx(1_096_398 * 4 / 2**20)
+    assert table.loc[SIX, "params"] == table.loc[EIGHT, "params"] == 400_000
+    runs = {g["model"]: g["size MB"] for g in json.loads(runner.invoke(app, ["runs", "--ledger", str(path), "--json"]).stdout)}
+    assert runs[EIGHT] == pytest.approx(0.4 * 2**20 / 1e6)
+    assert "sizes in MB (float32 parameters, compressed models' files)" in runner.invoke(
+        app, ["report", "--ledger", str(path)]).stdout.replace("\n", " ")
+
+
+def test_labels_tell_compressions_apart_by_the_settings_they_do_not_share(tmp_path):
+    """Protects the figure labels of compressed models: side by side they name only the settings
+    that differ ('cifar (compressed: density paper, 6 bits)'), the caption the ones all share; and
+    a figure's experiments say which are compressed and which trained (no empty 'init ')."""
+    path = tmp_path / "l.csv"
+    parent = add(path, acc=0.8)
+    add_compressed(path, parent, 0.7, bits="6")
+    add_compressed(path, parent, 0.75, bits="8")
+    add_compressed(path, parent, 0.6, bits="4", density="0.3")
+    models = L.read(path).frame()
+    labels, caption = R.short_labels(models)
+    assert labels == ["cifar", "cifar (compressed: density paper, 6 bits)", "cifar (compressed: density paper, 8 bits)",
+                      "cifar (compressed: density 0.3, 4 bits)"]
+    assert caption == "every compressed cifar: Huffman, retrain 1, finetune 1"
+    assert R.short_labels(models.iloc[:2])[0] == ["cifar", SIX]  # one compressed model: every setting
+    setups = models.assign(_setup=R._joined(models[R.SETUP_COLUMNS])).drop_duplicates("_setup").set_index("_setup")
+    described = R.describe(setups, network=False)
+    assert list(described.labels.values()) == ["trained, lr 0.001, 100 epochs",
+                                               f"compressed, lr 0.0001, 2 epochs, init {parent[:8]}"]
+    assert described.separated_by[0] == "compression"
