@@ -1071,7 +1071,7 @@ def compress(
 
       fireablate compress 3ca98884 --density paper --bits 6
 
-      fireablate compress runs/3ca98884 --density 0.4 --bits conv=8,dense=5 --no-huffman
+      fireablate compress runs/3ca98884b2f1 --density 0.4 --bits conv=8,dense=5 --no-huffman
 
       fireablate compress best.pt --density fire2.expand3x3=0.33,conv10=0.2 --data synthetic --json
 
@@ -1108,9 +1108,9 @@ def evaluate(
 
     Examples:
 
-      fireablate evaluate runs/3ca98884/best.pt
+      fireablate evaluate runs/3ca98884b2f1/best.pt
 
-      fireablate evaluate runs/3ca98884/best-compressed-0a1b2c3d4e5f.fadc
+      fireablate evaluate runs/3ca98884b2f1/best-compressed-0a1b2c3d4e5f.fadc
 
       fireablate evaluate best.int8.onnx --data ./cifar10-jpeg --limit-test 2000
     """
