@@ -903,7 +903,7 @@ def plot(
 
       fireablate plot --kind pareto --ledger examples/sample/ledger.csv --style paper --format pdf
 
-      fireablate plot --kind curves 2c7cabac 0a3f1660
+      fireablate plot --kind curves 2c7cabac 0a3f1660 --ledger examples/sample/ledger.csv
     """
     from . import plots
     from .presets import canonical
@@ -964,7 +964,7 @@ def report(
 
       fireablate report --ledger examples/sample/ledger.csv --markdown
 
-      fireablate report --baseline cifar --csv
+      fireablate report --ledger examples/sample/ledger.csv --baseline cifar --csv
     """
     from .results import compare_sizes, report_table, to_markdown, with_metric
 
@@ -1143,11 +1143,11 @@ def export_model(
 
     Examples:
 
-      fireablate export runs/3ca98884/best.pt --format onnx
+      fireablate export runs/3ca98884b2f1/best.pt --format onnx
 
-      fireablate export runs/3ca98884/best.pt --int8 --calibrate 500 --bench
+      fireablate export runs/3ca98884b2f1/best.pt --int8 --calibrate 500 --bench
 
-      fireablate export v10-compressed.fadc --out v10.onnx
+      fireablate export runs/3ca98884b2f1/best-compressed-0a1b2c3d4e5f.fadc --out compressed.onnx
     """
     from .export import export
 
