@@ -46,7 +46,23 @@ def _warn(warnings: list[str]) -> None:
         err.print(f"warning: {warning}", markup=False)
 
 
-class _OneLineErrors(TyperGroup):
+class _FlagsTakeNoValue:
+    """Help that shows no value for a flag: typer labels every flag, --help included, ``<bool>``,
+    which reads as if ``--dry-run true`` were the way to write it. A blank metavar shows nothing."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    """Every fireablate command (``@app.command(cls=_Command)``)."""
+
+
+class _OneLineErrors(_FlagsTakeNoValue, TyperGroup):
     """Every error the user can fix ends as one line on stderr, never a traceback or a panel."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -145,7 +161,7 @@ train_options = _with_options(
     lambda values: TrainConfig(**values),
 )
 
-class _OrderedOptions(TyperCommand):
+class _OrderedOptions(_Command):
     """A command that remembers the order its options were given in.
 
     Typer hands a repeated option over as one list, so ``--param a --values 1 --param b --values 2``
@@ -331,7 +347,7 @@ def _render_grid(name: str, names: list[str], rows: list, bits: int, unit: str, 
 # build
 
 
-@app.command()
+@app.command(cls=_Command)
 @network_options
 def build(
     preset: PresetOption = "cifar",
@@ -472,7 +488,7 @@ def _print_recorded(rec, ledger_file: Path) -> None:
         out.print(f"  row appended to {ledger_file}{before}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @train_options
 @network_options
 def train(
@@ -784,7 +800,7 @@ def _print_table(table, title: str, caption_cols: tuple[str, ...] = ("data", "tr
     out.print(t)
 
 
-@app.command()
+@app.command(cls=_Command)
 def runs(
     ledger: LedgerOption = None,
     param: Annotated[Optional[str], typer.Option("--param", help="Only runs of sweeps over this parameter ('sr', or 'sr,pct3x3' for a grid), one column per parameter.")] = None,
@@ -856,7 +872,7 @@ def _plot_param(param: Optional[str]) -> Optional[list[str]]:
     return [p if p == "preset" else canonical(p) for p in swept(param.replace(" ", ""))]
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
     run_ids: Annotated[Optional[list[str]], typer.Argument(help="With --kind curves: the runs (id prefixes, as 'fireablate runs' shows them).")] = None,
     ledger: LedgersOption = None,
@@ -887,7 +903,7 @@ def plot(
 
       fireablate plot --kind pareto --ledger examples/sample/ledger.csv --style paper --format pdf
 
-      fireablate plot --kind curves 2c7cabac 0a3f1660
+      fireablate plot --kind curves 2c7cabac 0a3f1660 --ledger examples/sample/ledger.csv
     """
     from . import plots
     from .presets import canonical
@@ -930,7 +946,7 @@ def plot(
         out.print(phrase)
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     ledger: LedgersOption = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="The model sizes are compared with, as the table names it (default: alexnet_cifar, where it has runs).")] = None,
@@ -948,7 +964,7 @@ def report(
 
       fireablate report --ledger examples/sample/ledger.csv --markdown
 
-      fireablate report --baseline cifar --csv
+      fireablate report --ledger examples/sample/ledger.csv --baseline cifar --csv
     """
     from .results import compare_sizes, done_runs, report_table, size_basis, to_markdown, with_metric
 
@@ -1025,7 +1041,7 @@ class _CompressDisplay:
             self.console.print(f"  {info['stage']} epoch {info['epoch']}/{info['epochs']}: train loss {info['loss']:.4f}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def compress(
     source: Annotated[str, typer.Argument(help="A run id (or prefix) from the ledger, a run folder, or a model file (build --output, best.pt).")],
     density: Annotated[str, typer.Option("--density", help="Share of weights kept: 'paper' (SqueezeNet Table 1), a number for every layer, or per layer 'fire2.expand3x3=0.33,conv10=0.2' (also a kind: expand3x3=0.3, conv=, dense=); mix: 'paper,conv10=0.1'.", rich_help_panel="Compression")] = "paper",
@@ -1055,7 +1071,7 @@ def compress(
 
       fireablate compress 3ca98884 --density paper --bits 6
 
-      fireablate compress runs/3ca98884 --density 0.4 --bits conv=8,dense=5 --no-huffman
+      fireablate compress runs/3ca98884b2f1 --density 0.4 --bits conv=8,dense=5 --no-huffman
 
       fireablate compress best.pt --density fire2.expand3x3=0.33,conv10=0.2 --data synthetic --json
 
@@ -1078,7 +1094,7 @@ def compress(
     _render_compression(report)
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A model file fireablate wrote: .pt, compressed .fadc, or .onnx from 'export'.")],
     data: DataOption = None,
@@ -1092,9 +1108,9 @@ def evaluate(
 
     Examples:
 
-      fireablate evaluate runs/3ca98884/best.pt
+      fireablate evaluate runs/3ca98884b2f1/best.pt
 
-      fireablate evaluate runs/3ca98884/best-compressed-0a1b2c3d4e5f.fadc
+      fireablate evaluate runs/3ca98884b2f1/best-compressed-0a1b2c3d4e5f.fadc
 
       fireablate evaluate best.int8.onnx --data ./cifar10-jpeg --limit-test 2000
     """
@@ -1107,7 +1123,7 @@ def evaluate(
               f"loss {result.loss:.4f} on {result.n_test:,} test images of {result.data} ({result.seconds:.1f} s)")
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 def export_model(
     model: Annotated[Path, typer.Argument(help="A model file: .pt (build --output, best.pt) or compressed .fadc.")],
     fmt: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
@@ -1127,11 +1143,11 @@ def export_model(
 
     Examples:
 
-      fireablate export runs/3ca98884/best.pt --format onnx
+      fireablate export runs/3ca98884b2f1/best.pt --format onnx
 
-      fireablate export runs/3ca98884/best.pt --int8 --calibrate 500 --bench
+      fireablate export runs/3ca98884b2f1/best.pt --int8 --calibrate 500 --bench
 
-      fireablate export v10-compressed.fadc --out v10.onnx
+      fireablate export runs/3ca98884b2f1/best-compressed-0a1b2c3d4e5f.fadc --out compressed.onnx
     """
     from .export import export
 

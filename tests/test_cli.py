@@ -35,6 +35,22 @@ def test_every_command_has_an_example(command):
     assert "Examples:" in result.stdout and f"fireablate {command}" in result.stdout.split("Examples:")[1]
 
 
+def _commands():
+    import typer.main
+
+    return list(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", ["fireablate", *_commands()])
+def test_flags_show_no_value_in_help(command):
+    """A flag takes no value, so its help must not show one: typer labels flags <bool> (--dry-run
+    <bool>, --help -h <bool>), which reads as if `--dry-run true` were how to write it."""
+    result = run(*([] if command == "fireablate" else [command]), "--help")
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.stdout and "Show this message and exit." in result.stdout
+    assert "<bool>" not in result.stdout, result.stdout
+
+
 def test_count_params_totals():
     result = run("count-params", "--preset", "squeezenet1_0")
     assert result.exit_code == 0
