@@ -14,7 +14,8 @@ from fireablate.presets import PRESETS, resolve
 from fireablate.spec import Dropout, Pool
 from fireablate.training import _optimizer, _Schedule
 
-CIFAR_PRESETS = [n for n in PRESETS if n.startswith("cifar") or n == "alexnet_cifar"]
+# The study's networks; cifar_tiny is ours (the quickstart's) and takes torch's momentum on purpose.
+CIFAR_PRESETS = [n for n in PRESETS if (n.startswith("cifar") or n == "alexnet_cifar") and n != "cifar_tiny"]
 
 
 @pytest.mark.parametrize("name", CIFAR_PRESETS)
