@@ -483,6 +483,11 @@ _HARD_COLOUR_JITTER = 0.05  # per channel; the red pair is 0.15 apart: Phi(-0.15
 SYNTHETIC_SOURCES = ("synthetic", "synthetic-hard")
 
 
+def _synthetic(source: str) -> ImageData:
+    """The generated set a ``--data`` name in SYNTHETIC_SOURCES stands for."""
+    return synthetic(hard=source == "synthetic-hard")
+
+
 def synthetic(n_train: int = 2000, n_test: int = 1000, size: int = 32, num_classes: int = 10, seed: int = 0,
               hard: bool = False) -> ImageData:
     """Colour and stripe pattern tell the class; random phase, brightness and noise make it a task.
@@ -516,8 +521,7 @@ def synthetic(n_train: int = 2000, n_test: int = 1000, size: int = 32, num_class
     train_x, train_y = make(n_train)
     test_x, test_y = make(n_test)
     classes = tuple(f"class{c}" for c in range(num_classes))
-    name = SYNTHETIC_SOURCES[hard]
-    return ImageData(name, _digest(train_x, train_y, test_x, test_y), classes, train_x, train_y, test_x, test_y)
+    return ImageData(SYNTHETIC_SOURCES[1] if hard else SYNTHETIC_SOURCES[0], _digest(train_x, train_y, test_x, test_y), classes, train_x, train_y, test_x, test_y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +579,7 @@ def load(source: str = "cifar10", data_dir: Path | None = None, limit_train: int
     if source == "cifar10":
         data = load_cifar10(data_dir)
     elif source in SYNTHETIC_SOURCES:
-        data = synthetic(hard=source == "synthetic-hard")
+        data = _synthetic(source)
     else:
         data = load_image_folder(Path(source), progress=progress)
     return limit(data, limit_train, limit_test)
@@ -592,7 +596,7 @@ def data_identity(source: str = "cifar10", data_dir: Path | None = None, limit_t
     cannot meet.
     """
     if source in SYNTHETIC_SOURCES:  # generated in well under a second
-        return limit(synthetic(hard=source == "synthetic-hard"), limit_train, limit_test).identity
+        return limit(_synthetic(source), limit_train, limit_test).identity
     if source == "cifar10":
         folder = _cifar_folder(Path(data_dir) if data_dir else default_data_dir())
         summary_path = _cifar_summary_path(folder) if folder is not None else None

@@ -23,7 +23,6 @@ What the test changes, all listed here:
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import re
 import shlex
@@ -35,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from fireablate.errors import UsageError
+from fireablate.evaluate import EXPORT_EXTRA, require_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -93,8 +95,16 @@ SKIPS = {
 
 # ONNX examples need the optional export extra, which the README's test command does not install
 # (its ONNX tests skip likewise); with it installed they run like every other example.
-HAS_EXPORT = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
-NO_EXPORT = "needs the optional export dependencies: pip install -e '.[export]'"
+def _has_export() -> bool:
+    try:
+        require_onnx()  # fireablate's own test of the extra, so the two cannot disagree
+    except UsageError:
+        return False
+    return True
+
+
+HAS_EXPORT = _has_export()
+NO_EXPORT = f"needs the optional export dependencies: {EXPORT_EXTRA}"
 
 
 def _needs_export(ex: "Example") -> bool:
