@@ -23,7 +23,7 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .config import TrainConfig
+from .config import PLAIN_SETTINGS, TrainConfig, recipe_settings, recipe_table
 from .errors import FireablateError, UsageError
 from .options import Option, options_of
 from .params import size_in
@@ -422,8 +422,8 @@ class _TrainDisplay:
                 f"{self.label}run {info['run_id']}: {info['params']:,} parameters on {info['device']} ({info['precision']}, {info['precision_reason']}), "
                 f"{info['n_train']:,} training images, {info['n_test']:,} validation images (the test split, as in the study){resumed}"
             )
-            out.print(f"  recipe {r.name}: {r.about}; lr {r.lr:g}, batch {r.batch_size}, at most {r.epochs} epochs, "
-                      f"augment {r.augment}; output {info['out_dir']}")
+            settings = "; ".join(f"{k} {v}" for k, v in recipe_settings(r).items() if v not in PLAIN_SETTINGS)
+            out.print(f"  recipe {r.name}: {settings}; output {info['out_dir']}")
             p.start()
             self.epochs = p.add_task("epochs", total=info["epochs"], completed=info["start_epoch"])
             self.steps = p.add_task("steps", total=info["steps"])
@@ -798,6 +798,27 @@ def _print_table(table, title: str, caption_cols: tuple[str, ...] = ("data", "tr
     for rec in shown.itertuples(index=False):
         t.add_row(*[format_cell(c, v) for c, v in zip(shown.columns, rec)])
     out.print(t)
+
+
+@app.command(cls=_Command)
+def recipes(
+    as_markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (as in the README).")] = False,
+) -> None:
+    """Every training recipe's settings side by side (--recipe chooses one; --epochs, --batch-size,
+    --lr, --weight-decay and --augment change parts of it).
+
+    Examples:
+
+      fireablate recipes
+    """
+    header, *rows = recipe_table()
+    if as_markdown:
+        lines = [header, ["---"] * len(header), *rows]
+        return sys.stdout.write("".join(f"| {' | '.join(cells)} |\n" for cells in lines)) and None
+    table = Table(*header, title="fireablate's training recipes", show_lines=True)
+    for cells in rows:
+        table.add_row(*cells)
+    out.print(table)
 
 
 @app.command(cls=_Command)

@@ -28,11 +28,25 @@ def test_version_and_help():
     assert bare.exit_code == 0 and "count-params" in bare.stdout and "build" in bare.stdout
 
 
-@pytest.mark.parametrize("command", ["count-params", "build", "train", "sweep", "runs", "plot", "report"])
+@pytest.mark.parametrize("command", ["count-params", "build", "train", "sweep", "runs", "plot", "report", "recipes"])
 def test_every_command_has_an_example(command):
     result = run(command, "--help")
     assert result.exit_code == 0
     assert "Examples:" in result.stdout and f"fireablate {command}" in result.stdout.split("Examples:")[1]
+
+
+def test_recipes_shows_every_recipe_setting_by_setting():
+    """`fireablate recipes` is the documented table of settings: every recipe a column, every
+    setting a row, the same rows as Markdown."""
+    from fireablate.config import RECIPES, recipe_table
+
+    shown = run("recipes")
+    assert shown.exit_code == 0 and all(name in shown.stdout for name in RECIPES)
+    assert "label smoothing" in shown.stdout and "test-time flips" in shown.stdout
+    markdown = run("recipes", "--markdown").stdout.splitlines()
+    header, *rows = recipe_table()
+    assert markdown[0] == f"| {' | '.join(header)} |" and len(markdown) == len(rows) + 2
+    assert markdown[2:] == [f"| {' | '.join(cells)} |" for cells in rows]
 
 
 def _commands():

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from fireablate.config import TrainConfig, run_id
+from fireablate.config import RECIPES, TrainConfig, run_id
 
 from .helpers import TINY
 
@@ -28,6 +28,19 @@ def test_where_and_how_fast_a_run_runs_is_not_part_of_its_id(changes):
 def test_what_defines_the_experiment_changes_the_run_id(changes):
     """The other side of the same rule: two different experiments never share an id (and a row)."""
     assert run_id(TINY, dataclasses.replace(BASE, **changes), "data") != run_id(TINY, BASE, "data")
+
+
+@pytest.mark.parametrize("setting", [{"label_smoothing": 0.3}, {"tta_flip": False}])
+def test_a_recipe_setting_that_changes_the_result_changes_the_run_id(setting, monkeypatch):
+    """A run id names what was trained and how it was judged: were the recipe's label smoothing or
+    flip averaging left out, a `fast` run finished under an older recipe would be taken for
+    today's (skipped by a resumed sweep, pooled as its seed). Settings a recipe does not use stay
+    out of the id, so the ids of study runs did not change when these settings were added."""
+    config = dataclasses.replace(BASE, recipe="fast")
+    before = run_id(TINY, config, "data")
+    monkeypatch.setitem(RECIPES, "fast", dataclasses.replace(RECIPES["fast"], **setting))
+    assert run_id(TINY, config, "data") != before
+    assert not {"label_smoothing", "tta_flip"} & set(BASE.identity())
 
 
 def test_the_data_and_the_network_are_part_of_the_run_id():

@@ -204,4 +204,28 @@ def test_the_fast_recipe_trains_with_its_label_smoothing(tmp_path, synth, monkey
         losses[smoothing] = _first_step_loss(tmp_path, synth, f"ls{smoothing}")
     assert abs(losses[0.2] - losses[0.0]) > 1e-3  # the batch tells smoothings apart
     used = 0.2 * (shipped - losses[0.0]) / (losses[0.2] - losses[0.0])
-    assert used == pytest.approx(0.1, abs=1e-3)
+    assert used == pytest.approx(RECIPES["fast"].label_smoothing, abs=1e-3) and used > 0
+
+
+def _flip_logits(model, data):
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.channel_stats())
+    x = (data.test_x.float() / 255 - mean) / std  # as every fireablate run normalizes
+    with torch.no_grad():
+        return model.eval()(x), model(x.flip(3))
+
+
+def test_the_fast_recipe_judges_a_network_by_its_mean_over_mirror_images(tmp_path, synth):
+    """Protects the fast recipe's flip averaging (README: +0.5 points): its validation loss and
+    accuracy come from the mean of each test image's logits and its mirror image's."""
+    cfg = dataclasses.replace(CFG, recipe="fast", precision="fp32")
+    result = train(TINY, cfg, out_dir=tmp_path, data=synth)
+    plain, mirrored = _flip_logits(load_model(tmp_path / "last.pt")[0], synth)
+    y, averaged = synth.test_y, (plain + mirrored) / 2
+    last = result.history[-1]
+    assert last["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(averaged, y).item(), rel=1e-4)
+    assert last["val_loss"] != pytest.approx(torch.nn.functional.cross_entropy(plain, y).item(), rel=1e-4)
+    assert last["val_acc"] == pytest.approx((averaged.argmax(1) == y).float().mean().item(), abs=1.01 / len(y))
+    # without flips in training (the study's augmentation) it is judged on the images as they are
+    unflipped = train(TINY, dataclasses.replace(cfg, augment="study"), out_dir=tmp_path / "study", data=synth)
+    plain, _ = _flip_logits(load_model(tmp_path / "study" / "last.pt")[0], synth)
+    assert unflipped.history[-1]["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(plain, y).item(), rel=1e-4)
