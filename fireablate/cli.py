@@ -1123,6 +1123,10 @@ def evaluate(
     limit_train: LimitTrainOption = None,
     limit_test: LimitTestOption = None,
     device: DeviceOption = "cpu",
+    flip: Annotated[Optional[bool], typer.Option(
+        "--flip/--no-flip", show_default=False,
+        help="Judge each image by the mean of its logits and its mirror image's (default: as the model's run did; "
+             "the fast recipe does).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Accuracy and loss of a model file on a dataset's test split (the model's own data by default).
@@ -1137,11 +1141,12 @@ def evaluate(
     """
     from .evaluate import evaluate_file
 
-    result = evaluate_file(model, data, data_dir, limit_train, limit_test, device)
+    result = evaluate_file(model, data, data_dir, limit_train, limit_test, device, flip=flip)
     if as_json:
         return out.print_json(json.dumps(result.to_dict()))
+    mirrored = ", each averaged with its mirror image" if result.flip else ""
     out.print(f"{result.model} ({result.kind}, {result.bytes:,} bytes): [bold]accuracy {result.accuracy:.2%}[/bold], "
-              f"loss {result.loss:.4f} on {result.n_test:,} test images of {result.data} ({result.seconds:.1f} s)")
+              f"loss {result.loss:.4f} on {result.n_test:,} test images of {result.data}{mirrored} ({result.seconds:.1f} s)")
 
 
 @app.command("export", cls=_Command)

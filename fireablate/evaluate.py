@@ -59,15 +59,23 @@ def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[
 
 
 def _run_hint(path: Path) -> dict[str, Any] | None:
-    """The data of the run a ``best.pt`` / ``last.pt`` belongs to, from its ``result.json``."""
+    """The data of the run a ``best.pt`` / ``last.pt`` belongs to, from its ``result.json``, and
+    whether its recipe judged it by the mean over mirror images (``flip``)."""
+    from .config import TrainConfig
+
     result = path.parent / "result.json"
     if not result.is_file():
         return None
     try:
         config = json.loads(result.read_text())["config"]
-        return {k: config.get(k) for k in ("data", "data_dir", "limit_train", "limit_test")}
+        hint = {k: config.get(k) for k in ("data", "data_dir", "limit_train", "limit_test")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    try:
+        hint["flip"] = TrainConfig(**config).resolved_recipe.tta_flip
+    except Exception:  # a run of another version, or a recipe this one does not know: judged plainly
+        hint["flip"] = False
+    return hint
 
 
 def onnx_metadata(model_proto) -> dict[str, str]:
@@ -150,12 +158,17 @@ def normalizer(data: ImageData) -> Callable[[torch.Tensor], np.ndarray]:
     return lambda x: ((x.float() / 255 - m) / s).numpy()
 
 
-def accuracy(predict: Callable[[np.ndarray], np.ndarray], data: ImageData, batch: int = 500) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``predict`` on the test split."""
+def accuracy(predict: Callable[[np.ndarray], np.ndarray], data: ImageData, batch: int = 500,
+             flip: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``predict`` on the test split; with ``flip``, of the mean
+    of each image's logits and its mirror image's, as a recipe with flip averaging judges a run."""
     norm = normalizer(data)
     n, loss, correct = len(data.test_y), 0.0, 0
     for i in range(0, n, batch):
-        logits = torch.from_numpy(np.asarray(predict(norm(data.test_x[i:i + batch])), dtype=np.float32))
+        x = norm(data.test_x[i:i + batch])
+        logits = torch.from_numpy(np.asarray(predict(x), dtype=np.float32))
+        if flip:
+            logits = (logits + torch.from_numpy(np.asarray(predict(np.ascontiguousarray(x[..., ::-1])), dtype=np.float32))) / 2
         y = data.test_y[i:i + batch]
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
@@ -202,18 +215,23 @@ class Evaluation:
     accuracy: float
     seconds: float
     bytes: int
+    flip: bool  # the mean over each image and its mirror
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def evaluate_file(path: Path, data: str | None = None, data_dir: str | None = None, limit_train: int | None = None,
-                  limit_test: int | None = None, device: str = "cpu", images: ImageData | None = None) -> Evaluation:
-    """``fireablate evaluate``: accuracy and loss of a model file on a dataset's test split."""
+                  limit_test: int | None = None, device: str = "cpu", images: ImageData | None = None,
+                  flip: bool | None = None) -> Evaluation:
+    """``fireablate evaluate``: accuracy and loss of a model file on a dataset's test split; by
+    default (``flip=None``) judged as the model's run judged it, with or without mirror images."""
     loaded = load_any(path, device)
     if images is None:
         images = load_data_for(loaded.spec, data_options(loaded.data_hint, data, data_dir, limit_train, limit_test))
+    if flip is None:
+        flip = bool((loaded.data_hint or {}).get("flip", False))
     t0 = time.perf_counter()
-    loss, acc = accuracy(loaded.predict, images)
+    loss, acc = accuracy(loaded.predict, images, flip=flip)
     return Evaluation(str(path), loaded.kind + (" int8" if loaded.info.get("int8") else ""), images.source,
-                      len(images.test_y), loss, acc, time.perf_counter() - t0, Path(path).stat().st_size)
+                      len(images.test_y), loss, acc, time.perf_counter() - t0, Path(path).stat().st_size, flip)

@@ -473,10 +473,9 @@ def _train_epoch(setup: _Setup, s: _Session, inputs: _Inputs, notify: Progress) 
             "images_per_sec": speed, "tflops": speed * flops_per_image / 1e12}
 
 
-def _evaluate(setup: _Setup, model: torch.nn.Module, inputs: _Inputs, flip: bool | None = None) -> tuple[float, float]:
-    """(loss, accuracy) on the validation split, in batches sized by memory; with ``flip`` (by
-    default the recipe's ``tta_flip``) from the mean of each image's and its mirror's logits."""
-    flip = setup.recipe.tta_flip if flip is None else flip
+def _evaluate(setup: _Setup, model: torch.nn.Module, inputs: _Inputs) -> tuple[float, float]:
+    """(loss, accuracy) on the validation split, in batches sized by memory; for a recipe with
+    ``tta_flip``, of the mean of each image's logits and its mirror image's."""
     model.eval()
     loss_sum = torch.zeros((), device=setup.device)
     correct = torch.zeros((), device=setup.device, dtype=torch.int64)
@@ -485,9 +484,9 @@ def _evaluate(setup: _Setup, model: torch.nn.Module, inputs: _Inputs, flip: bool
             x, y = inputs.normalize(inputs.test_x[i:i + setup.eval_batch]), inputs.test_y[i:i + setup.eval_batch]
             with inputs.autocast():
                 logits = model(x).float()
-                if flip:
+                if setup.recipe.tta_flip:
                     logits = (logits + model(x.flip(3)).float()) / 2
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / setup.n_test, correct.item() / setup.n_test
 
