@@ -61,19 +61,24 @@ def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[
 def _run_hint(path: Path) -> dict[str, Any] | None:
     """The data of the run a ``best.pt`` / ``last.pt`` belongs to, from its ``result.json``, and
     whether its recipe judged it by the mean over mirror images (``flip``)."""
-    from .config import TrainConfig
+    from .config import TrainResult, run_id
 
     result = path.parent / "result.json"
     if not result.is_file():
         return None
     try:
-        config = json.loads(result.read_text())["config"]
+        raw = json.loads(result.read_text())
+        config = raw["config"]
         hint = {k: config.get(k) for k in ("data", "data_dir", "limit_train", "limit_test")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
     try:
-        hint["flip"] = TrainConfig(**config).resolved_recipe.tta_flip
-    except Exception:  # a run of another version, or a recipe this one does not know: judged plainly
+        # Only a run whose id today's recipe still gives ran that recipe: a `fast` run of an
+        # earlier version, before flips were part of it, is judged without them.
+        run = TrainResult.from_dict(raw)
+        same_recipe = run_id(run.spec, run.config, run.data_identity) == run.run_id
+        hint["flip"] = same_recipe and run.config.resolved_recipe.tta_flip
+    except Exception:  # a result of another version, or a recipe this one does not know: judged plainly
         hint["flip"] = False
     return hint
 
