@@ -145,7 +145,8 @@ class TrainConfig:
         optional(_positive_int), int, "Use N training images, balanced over classes.", "Data"))
     limit_test: int | None = option(None, _opt(
         optional(_positive_int), int, "Use N test images, balanced over classes.", "Data"))
-    recipe: str = option("study", _opt(choice(*RECIPES), str, "The training recipe.", "Recipe", tuple(RECIPES),
+    recipe: str = option("study", _opt(choice(*RECIPES), str, "The training recipe (settings: fireablate recipes).",
+                                       "Recipe", tuple(RECIPES),
                                        column="recipe"))
     augment: str | None = option(None, _opt(
         optional(choice(*AUGMENTS)), str, "Augmentation (default: the recipe's).", "Recipe", AUGMENTS, column="augment"))
