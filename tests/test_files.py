@@ -41,6 +41,8 @@ def test_ctrl_c_during_a_write_waits_for_the_write_to_finish(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from fireablate.files import atomic_open
+        # Python's own Ctrl-C handler, whatever disposition this process inherited
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with atomic_open({str(tmp_path / 'ck')!r}) as fh:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives in the middle of the write
             fh.write(b"whole")
