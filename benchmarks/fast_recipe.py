@@ -76,7 +76,7 @@ def _accuracies(setup, model, inputs) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="a folder with train/ and test/ (ImageFolder layout)")
+    ap.add_argument("--data", required=True, help="a folder with train/ and test/ (ImageFolder layout), or 'synthetic'")
     ap.add_argument("--limit-train", type=int)
     ap.add_argument("--limit-test", type=int)
     ap.add_argument("--epochs", type=int, default=15)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(stats, str):
             print(f"diverged: {stats}")
             return 1
-        loss, acc = T._evaluate(setup, session.model, inputs, flip=False)
+        loss, acc = T._evaluate(setup, session.model, inputs)  # the recipe's tta_flip is off here
         session.end_epoch({**stats, "epoch": epoch + 1, "val_loss": loss, "val_acc": acc})
         curve.append(acc)
         print(f"epoch {epoch + 1}: val {acc:.2%}  train {stats['train_acc']:.2%}  "
