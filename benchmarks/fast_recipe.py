@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from fireablate import training as T  # noqa: E402
 from fireablate.compress import recalibrate_batch_norm  # noqa: E402
 from fireablate.config import TrainConfig  # noqa: E402
+from fireablate.model import save_model  # noqa: E402
 from fireablate.presets import get_preset  # noqa: E402
 
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--save", type=Path, help="a folder for the final weights and averages (state dicts)")
+    ap.add_argument("--save", type=Path, help="a folder for the final weights and averages (fireablate model files)")
     args = ap.parse_args(argv)
 
     config = TrainConfig(data=args.data, limit_train=args.limit_train, limit_test=args.limit_test, recipe="fast",
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in models:
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), args.save / f"{name.replace(' ', '_')}.pt")
+            save_model(args.save / f"{name.replace(' ', '_')}.pt", model)  # for tta_views.py, train --init
         for recalibrated in (False, True):
             if recalibrated:  # batch norm's statistics re-estimated for these weights, without augmentation
                 recalibrate_batch_norm(model, setup.data, setup.device, setup.batch_size, seed=args.seed)

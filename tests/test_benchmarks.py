@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -31,3 +32,25 @@ def test_fast_recipe_benchmark_trains_and_compares_its_evaluations(tmp_path, mon
                                      for r in ("", " + recalibrated") for f in ("", " + flip")}
     assert all(0 <= a <= 1 for a in summary["final"].values())
     assert summary["final"]["weights"] == summary["curve"][-1]  # the same network, judged the same way
+
+
+def test_fast_recipe_saves_model_files_that_tta_views_scores(tmp_path, monkeypatch):
+    saved, out = tmp_path / "models", tmp_path / "views.json"
+    assert _run("fast_recipe.py", ["--data", "synthetic", "--limit-train", "256", "--limit-test", "128",
+                                   "--epochs", "1", "--batch-size", "64", "--halflives", "", "--precision", "fp32",
+                                   "--device", "cpu", "--save", str(saved), "--json", str(tmp_path / "s.json")],
+                monkeypatch) == 0
+    trained = json.loads((tmp_path / "s.json").read_text())["final"]
+    assert _run("tta_views.py", [str(saved / "weights.pt"), "--data", "synthetic", "--limit-test", "128",
+                                 "--precision", "fp32", "--device", "cpu", "--json", str(out)], monkeypatch) == 0
+    scored = json.loads(out.read_text())["accuracy"]
+    assert scored["plain"] == pytest.approx(trained["weights"]) and scored["flip"] == pytest.approx(trained["weights + flip"])
+    assert set(scored) >= {"flip + 4 diagonal", "flip + 8"}
+
+
+def test_tta_views_moves_pixels_by_whole_pixels_with_zeros_coming_in():
+    views = runpy.run_path(str(BENCHMARKS / "tta_views.py"))
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    assert views["shift"](x, 1, 0).tolist() == [[[[0, 0, 0], [0, 1, 2], [3, 4, 5]]]]  # down one row
+    assert views["shift"](x, 0, -1).tolist() == [[[[1, 2, 0], [4, 5, 0], [7, 8, 0]]]]  # left one column
+    assert views["shift"](x, 0, 0).equal(x)
