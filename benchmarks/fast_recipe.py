@@ -1,7 +1,7 @@
 """Measure a change to the ``fast`` recipe: one training run, several ways of evaluating it.
 
     python benchmarks/fast_recipe.py --data FOLDER [--epochs 15] [--label-smoothing 0.2]
-        [--lr 0.1] [--batch-size 128] [--weight-decay 5e-4] [--halflives 0.25,0.5,1,2]
+        [--lr 0.1] [--batch-size 128] [--weight-decay 5e-4] [--crop-pad 4] [--halflives 0.25,0.5,1,2]
         [--precision bf16] [--json FILE] [--save FOLDER]
 
 Trains the ``cifar`` preset with ``--recipe fast`` (the recipe changed as the flags say) through
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--weight-decay", type=float)
+    ap.add_argument("--crop-pad", type=int, help="how many pixels flipcrop pads by (moves images by up to that)")
     ap.add_argument("--halflives", default="0.25,0.5,1", help="weight-average half-lives, in epochs")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--device", default="auto")
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dataclasses.replace(setup.recipe, tta_flip=False)  # this script evaluates every way itself
     if args.label_smoothing is not None:
         recipe = dataclasses.replace(recipe, label_smoothing=args.label_smoothing)
+    if args.crop_pad is not None:
+        recipe = dataclasses.replace(recipe, crop_pad=args.crop_pad)
     setup = dataclasses.replace(setup, recipe=recipe)
     session, inputs = T._Session(setup), T._Inputs(setup)
     halflives = [float(h) for h in args.halflives.split(",") if h]
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             for ema in emas.values():
                 ema.update()
 
-    settings = {k: getattr(recipe, k) for k in ("lr", "batch_size", "weight_decay", "label_smoothing", "epochs")}
+    settings = {k: getattr(recipe, k) for k in ("lr", "batch_size", "weight_decay", "label_smoothing", "crop_pad", "epochs")}
     print(f"{setup.n_train} training, {setup.n_test} test images; {setup.device} {setup.precision}; {settings}",
           flush=True)
     curve = []

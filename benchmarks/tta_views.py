@@ -3,8 +3,9 @@
     python benchmarks/tta_views.py MODEL.pt --data FOLDER [--precision bf16] [--json FILE]
 
 MODEL.pt is any fireablate model file (a run's best.pt or last.pt, ``fast_recipe.py --save``).
-The views are the image and its mirror, each also moved by one pixel (zero padding after
-normalization, the mean colour, as ``flipcrop`` pads in training). Each view is computed once
+The views are the image and its mirror, each also moved by one pixel (``augment.move``: zero
+padding after normalization, the mean colour, as ``flipcrop`` pads in training); the ``fast``
+recipe's test-time views are one of these sets (``augment.eval_views``). Each view is computed once
 and every set of views is then scored from those logits, so the sets are compared on one network
 without seed noise. Which set wins is chosen on the test split here: a candidate for the
 ``fast`` recipe, to be measured on the 20k subset before it goes in (README: "The fast recipe").
@@ -21,20 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from fireablate.augment import DIAGONAL_MOVES as DIAGONAL, move  # noqa: E402
 from fireablate.data import load  # noqa: E402
 from fireablate.devices import resolve_device, resolve_precision  # noqa: E402
 from fireablate.model import load_model  # noqa: E402
 
-DIAGONAL = ((1, 1), (-1, -1), (1, -1), (-1, 1))
 AXES = ((0, 1), (0, -1), (1, 0), (-1, 0))
-
-
-def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """``x`` moved by (dy, dx) whole pixels, with zeros coming in at the edges."""
-    h, w = x.shape[-2:]
-    return F.pad(x, (1, 1, 1, 1))[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
 
 
 def view_sets() -> dict[str, list[tuple[bool, int, int]]]:
@@ -70,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(0, len(data.test_y), args.batch):
             x = (data.test_x[i:i + args.batch].to(device).float() / 255 - mean) / std
             for mirrored, dy, dx in views:
-                v = shift(x.flip(3) if mirrored else x, dy, dx)
+                v = move(x.flip(3) if mirrored else x, dy, dx)
                 logits[(mirrored, dy, dx)].append(model(v.contiguous(memory_format=torch.channels_last)).float().cpu())
     seconds = time.perf_counter() - t0
     y = data.test_y

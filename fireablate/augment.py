@@ -6,10 +6,14 @@
   (row, col) pixel coordinates about the image centre, mapping output pixels to the input pixels
   they are read from. Bilinear sampling (Keras' ``order=1``) with nearest-edge fill (Keras'
   default ``fill_mode='nearest'``), no flips. One ``grid_sample`` per batch.
-- ``flipcrop``: pad 4 pixels and crop back at a random offset, plus a random horizontal flip;
+- ``flipcrop``: pad a few pixels (the recipe's ``crop_pad``, 4 by default) and crop back at a
+  random offset, plus a random horizontal flip;
   pixels move by whole pixels exactly; padding is zero after normalization, that is the training
   mean colour. Done by indexing, not by sampling.
 - ``none``.
+
+``eval_views``: the views a recipe judges a test image by (its mirror, one-pixel moves), whose
+logits are averaged.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ ROTATION_DEG = 20.0  # rotation_range: uniform in [-20, 20] degrees
 SHIFT_FRACTION = 0.1  # height_shift_range and width_shift_range: a fraction of the height / width
 SHEAR_DEG = 0.5  # shear_range: Keras reads it in degrees (np.deg2rad in apply_affine_transform)
 ZOOM = (0.9, 1.1)  # zoom_range: the row and column factors drawn independently
-FLIPCROP_PAD = 4
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
@@ -111,7 +114,7 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def flipcrop(x: torch.Tensor, g: torch.Generator, pad: int = FLIPCROP_PAD) -> torch.Tensor:
+def flipcrop(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
     """Pad by ``pad`` zeros, crop back at a random offset, flip half the images left-right.
 
     Gathered by index rather than sampled: a ``grid_sample`` in fp32 for what is only an integer
@@ -132,13 +135,35 @@ def flipcrop(x: torch.Tensor, g: torch.Generator, pad: int = FLIPCROP_PAD) -> to
     return out.permute(0, 3, 1, 2)
 
 
-def augment(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
-    """``x``: a normalized float batch (N, C, H, W) on any device; ``g`` a generator on that device."""
+# The one-pixel moves (rows, columns) of test-time views, the two along one diagonal first, so that
+# the first two still average out to the image where it is.
+DIAGONAL_MOVES = ((1, 1), (-1, -1), (1, -1), (-1, 1))
+
+
+def move(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` (N, C, H, W) moved by ``dy`` rows and ``dx`` columns, zeros coming in at the edges:
+    after normalization that is the mean colour, what flipcrop pads with in training."""
+    h, w = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    return F.pad(x, (p, p, p, p))[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def eval_views(x: torch.Tensor, mirror: bool, moves: int = 0) -> list[torch.Tensor]:
+    """The views a recipe judges each test image by, its logits averaged over them: the image, the
+    image moved one pixel along the first ``moves`` of ``DIAGONAL_MOVES``, and with ``mirror`` each
+    of those mirrored left-right."""
+    images = (x, x.flip(3)) if mirror else (x,)
+    return [im for image in images for im in (image, *(move(image, dy, dx) for dy, dx in DIAGONAL_MOVES[:moves]))]
+
+
+def augment(x: torch.Tensor, kind: str, g: torch.Generator, crop_pad: int = 4) -> torch.Tensor:
+    """``x``: a normalized float batch (N, C, H, W) on any device; ``g`` a generator on that device;
+    ``crop_pad``: how far ``flipcrop`` moves images (the recipe's ``crop_pad``)."""
     if kind == "none":
         return x
     if kind == "study":
         n, _, h, w = x.shape
         return warp(x, study_matrices(n, (h, w), g, x.device))
     if kind == "flipcrop":
-        return flipcrop(x, g)
+        return flipcrop(x, g, crop_pad)
     raise ValueError(f"unknown augmentation {kind!r}")

@@ -1125,8 +1125,8 @@ def evaluate(
     device: DeviceOption = "cpu",
     flip: Annotated[Optional[bool], typer.Option(
         "--flip/--no-flip", show_default=False,
-        help="Judge each image by the mean of its logits and its mirror image's (default: as the model's run did; "
-             "the fast recipe does).")] = None,
+        help="Judge each image by the mean of its logits and its mirror image's, and of the one-pixel moves of both "
+             "that the model's recipe names (default: as the model's run did; the fast recipe does).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Accuracy and loss of a model file on a dataset's test split (the model's own data by default).
@@ -1145,6 +1145,8 @@ def evaluate(
     if as_json:
         return out.print_json(json.dumps(result.to_dict()))
     mirrored = ", each averaged with its mirror image" if result.flip else ""
+    if result.moves:
+        mirrored += f" and {result.moves} one-pixel moves of both"
     out.print(f"{result.model} ({result.kind}, {result.bytes:,} bytes): [bold]accuracy {result.accuracy:.2%}[/bold], "
               f"loss {result.loss:.4f} on {result.n_test:,} test images of {result.data}{mirrored} ({result.seconds:.1f} s)")
 

@@ -416,7 +416,7 @@ def _fit(model: nn.Module, data: ImageData, recipe: Recipe, epochs: int, groups:
         total, seen = 0.0, 0
         for step in range(n // batch):
             idx = perm[step * batch:(step + 1) * batch]
-            x = augment(norm(train_x[idx]), recipe.augment, aug)
+            x = augment(norm(train_x[idx]), recipe.augment, aug, recipe.crop_pad)
             loss = F.cross_entropy(model(x), train_y[idx], label_smoothing=recipe.label_smoothing)
             if not torch.isfinite(loss):
                 raise FireablateError(f"{stage} diverged (loss {loss.item()} at epoch {epoch + 1}); try a lower --lr")

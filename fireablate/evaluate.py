@@ -60,7 +60,7 @@ def _torch_predictor(model: torch.nn.Module, device: torch.device) -> Callable[[
 
 def _run_hint(path: Path) -> dict[str, Any] | None:
     """The data of the run a ``best.pt`` / ``last.pt`` belongs to, from its ``result.json``, and
-    whether its recipe judged it by the mean over mirror images (``flip``)."""
+    how its recipe judged it: by the mean over mirror images (``flip``) and one-pixel moves (``moves``)."""
     from .config import TrainResult, run_id
 
     result = path.parent / "result.json"
@@ -77,9 +77,10 @@ def _run_hint(path: Path) -> dict[str, Any] | None:
         # earlier version, before flips were part of it, is judged without them.
         run = TrainResult.from_dict(raw)
         same_recipe = run_id(run.spec, run.config, run.data_identity) == run.run_id
-        hint["flip"] = same_recipe and run.config.resolved_recipe.tta_flip
+        recipe = run.config.resolved_recipe
+        hint["flip"], hint["moves"] = same_recipe and recipe.tta_flip, recipe.tta_moves if same_recipe else 0
     except Exception:  # a result of another version, or a recipe this one does not know: judged plainly
-        hint["flip"] = False
+        hint["flip"], hint["moves"] = False, 0
     return hint
 
 
@@ -164,16 +165,18 @@ def normalizer(data: ImageData) -> Callable[[torch.Tensor], np.ndarray]:
 
 
 def accuracy(predict: Callable[[np.ndarray], np.ndarray], data: ImageData, batch: int = 500,
-             flip: bool = False) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``predict`` on the test split; with ``flip``, of the mean
-    of each image's logits and its mirror image's, as a recipe with flip averaging judges a run."""
+             flip: bool = False, moves: int = 0) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``predict`` on the test split, of each image's logits
+    averaged over its test-time views (``augment.eval_views``: with ``flip`` its mirror image,
+    ``moves`` one-pixel moves), as a recipe with test-time views judges a run."""
+    from .augment import eval_views
+
     norm = normalizer(data)
     n, loss, correct = len(data.test_y), 0.0, 0
     for i in range(0, n, batch):
-        x = norm(data.test_x[i:i + batch])
-        logits = torch.from_numpy(np.asarray(predict(x), dtype=np.float32))
-        if flip:
-            logits = (logits + torch.from_numpy(np.asarray(predict(np.ascontiguousarray(x[..., ::-1])), dtype=np.float32))) / 2
+        views = eval_views(torch.from_numpy(norm(data.test_x[i:i + batch])), flip, moves)
+        logits = sum(torch.from_numpy(np.asarray(predict(v.contiguous().numpy()), dtype=np.float32)) for v in views)
+        logits = logits / len(views)
         y = data.test_y[i:i + batch]
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
@@ -221,6 +224,7 @@ class Evaluation:
     seconds: float
     bytes: int
     flip: bool  # the mean over each image and its mirror
+    moves: int  # ...and over one-pixel moves of each (augment.eval_views)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -230,13 +234,19 @@ def evaluate_file(path: Path, data: str | None = None, data_dir: str | None = No
                   limit_test: int | None = None, device: str = "cpu", images: ImageData | None = None,
                   flip: bool | None = None) -> Evaluation:
     """``fireablate evaluate``: accuracy and loss of a model file on a dataset's test split; by
-    default (``flip=None``) judged as the model's run judged it, with or without mirror images."""
+    default (``flip=None``) judged as the model's run judged it, over the test-time views its recipe
+    names; ``flip=False``: on the images as they are; ``flip=True``: over each image and its mirror,
+    and the one-pixel moves the run's recipe names."""
     loaded = load_any(path, device)
     if images is None:
         images = load_data_for(loaded.spec, data_options(loaded.data_hint, data, data_dir, limit_train, limit_test))
+    hint = loaded.data_hint or {}
     if flip is None:
-        flip = bool((loaded.data_hint or {}).get("flip", False))
+        flip = bool(hint.get("flip", False))
+    moves = hint.get("moves", 0) if flip else 0
+    if type(moves) is not int or moves not in (0, 2, 4):  # a hint from a file's metadata is not trusted
+        moves = 0
     t0 = time.perf_counter()
-    loss, acc = accuracy(loaded.predict, images, flip=flip)
+    loss, acc = accuracy(loaded.predict, images, flip=flip, moves=moves)
     return Evaluation(str(path), loaded.kind + (" int8" if loaded.info.get("int8") else ""), images.source,
-                      len(images.test_y), loss, acc, time.perf_counter() - t0, Path(path).stat().st_size, flip)
+                      len(images.test_y), loss, acc, time.perf_counter() - t0, Path(path).stat().st_size, flip, moves)

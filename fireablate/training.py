@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from . import spec as S
-from .augment import augment
+from .augment import augment, eval_views
 from .config import (MIN_LR, PLATEAU_FACTOR, PLATEAU_PATIENCE, STEP_MILESTONES, WARMUP_EPOCHS, Recipe,
                      TrainConfig, TrainResult, run_id)
 from .data import ImageData, load as load_data
@@ -442,7 +442,7 @@ def _train_epoch(setup: _Setup, s: _Session, inputs: _Inputs, notify: Progress) 
         for g in s.optimizer.param_groups:
             g["lr"] = lr
         idx = perm[step * batch:(step + 1) * batch]
-        x = augment(inputs.normalize(inputs.train_x[idx]), setup.recipe.augment, s.aug_gen)
+        x = augment(inputs.normalize(inputs.train_x[idx]), setup.recipe.augment, s.aug_gen, setup.recipe.crop_pad)
         y = inputs.train_y[idx]
         with inputs.autocast():
             logits = s.forward(x.contiguous(memory_format=torch.channels_last))
@@ -474,8 +474,8 @@ def _train_epoch(setup: _Setup, s: _Session, inputs: _Inputs, notify: Progress) 
 
 
 def _evaluate(setup: _Setup, model: torch.nn.Module, inputs: _Inputs) -> tuple[float, float]:
-    """(loss, accuracy) on the validation split, in batches sized by memory; for a recipe with
-    ``tta_flip``, of the mean of each image's logits and its mirror image's."""
+    """(loss, accuracy) on the validation split, in batches sized by memory, of each image's logits
+    averaged over the recipe's test-time views (``augment.eval_views``: mirror, one-pixel moves)."""
     model.eval()
     loss_sum = torch.zeros((), device=setup.device)
     correct = torch.zeros((), device=setup.device, dtype=torch.int64)
@@ -483,9 +483,8 @@ def _evaluate(setup: _Setup, model: torch.nn.Module, inputs: _Inputs) -> tuple[f
         for i in range(0, setup.n_test, setup.eval_batch):
             x, y = inputs.normalize(inputs.test_x[i:i + setup.eval_batch]), inputs.test_y[i:i + setup.eval_batch]
             with inputs.autocast():
-                logits = model(x).float()
-                if setup.recipe.tta_flip:
-                    logits = (logits + model(x.flip(3)).float()) / 2
+                views = eval_views(x, setup.recipe.tta_flip, setup.recipe.tta_moves)
+                logits = sum(model(v.contiguous(memory_format=torch.channels_last)).float() for v in views) / len(views)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / setup.n_test, correct.item() / setup.n_test

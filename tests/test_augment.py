@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fireablate.augment import (
-    augment, grid_theta, keras_matrices, study_matrices, study_params, warp,
+    DIAGONAL_MOVES, augment, eval_views, grid_theta, move, keras_matrices, study_matrices, study_params, warp,
 )
 
 
@@ -189,19 +189,21 @@ def _flipcrop_candidates(x, pad=4):
     return torch.stack(crops, 1), labels
 
 
-def test_flipcrop_gives_exact_padded_crops_flipped_half_the_time():
+@pytest.mark.parametrize("pad", [4, 2])
+def test_flipcrop_gives_exact_padded_crops_flipped_half_the_time(pad):
+    """The recipe's crop_pad is how far images move: every offset out to it, none beyond."""
     # non-square, so rows and columns cannot be confused; random values, so each crop is unique
     x = torch.rand(3000, 2, 6, 10) + 0.5
-    y = augment(x, "flipcrop", _gen(1))
+    y = augment(x, "flipcrop", _gen(1), crop_pad=pad)
     assert y.shape == x.shape and y.dtype == x.dtype
-    candidates, labels = _flipcrop_candidates(x)
+    candidates, labels = _flipcrop_candidates(x, pad=4)
     match = (candidates == y[:, None]).flatten(2).all(2)
     # each output is exactly (bit for bit) one crop at an offset in [-4, 4], flipped or not
     assert torch.equal(match.sum(1), torch.ones(len(x), dtype=torch.long))
     drawn = [labels[i] for i in match.int().argmax(1).tolist()]
     assert 0.45 < np.mean([flip for _, _, flip in drawn]) < 0.55
-    # every offset comes up, out to 4 pixels either way on both axes
-    assert {(dy, dx) for dy, dx, _ in drawn} == {(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)}
+    # every offset comes up, out to `pad` pixels either way on both axes, and none further
+    assert {(dy, dx) for dy, dx, _ in drawn} == {(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)}
 
 
 def test_flipcrop_is_reproducible_and_per_image():
@@ -245,3 +247,26 @@ def test_identity_matrix_reproduces_the_image():
     y = torch.nn.functional.grid_sample(x, grid, mode="bilinear", align_corners=False)
     torch.testing.assert_close(x, y)
     assert math.isclose(float(grid[0, 0, 0, 0]), -1 + 1 / 32)
+
+
+# ---- test-time views
+
+
+def test_move_shifts_by_whole_pixels_with_zeros_coming_in():
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    assert move(x, 1, 0).tolist() == [[[[0, 0, 0], [0, 1, 2], [3, 4, 5]]]]  # down one row
+    assert move(x, 0, -1).tolist() == [[[[1, 2, 0], [4, 5, 0], [7, 8, 0]]]]  # left one column
+    assert move(x, -1, 1).tolist() == [[[[0, 3, 4], [0, 6, 7], [0, 0, 0]]]]  # up and right
+    assert move(x, 0, 0).equal(x)
+
+
+@pytest.mark.parametrize("mirror, moves", [(False, 0), (True, 0), (True, 2), (True, 4), (False, 4)])
+def test_eval_views_are_the_image_its_moves_and_their_mirrors(mirror, moves):
+    """What a recipe's test-time views are: each image, moved along the first diagonals (a pair
+    along one diagonal first, so two moves stay centred), and with mirror each of those flipped."""
+    x = torch.randn(2, 3, 5, 7)
+    images = [x, x.flip(3)] if mirror else [x]
+    expected = [move(im, dy, dx) for im in images for dy, dx in ((0, 0), *DIAGONAL_MOVES[:moves])]
+    views = eval_views(x, mirror, moves)
+    assert len(views) == (1 + moves) * (1 + mirror) and all(v.equal(e) for v, e in zip(views, expected))
+    assert DIAGONAL_MOVES[:2] == ((1, 1), (-1, -1)) and len(set(DIAGONAL_MOVES)) == 4

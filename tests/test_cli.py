@@ -42,7 +42,7 @@ def test_recipes_shows_every_recipe_setting_by_setting():
 
     shown = run("recipes")
     assert shown.exit_code == 0 and all(name in shown.stdout for name in RECIPES)
-    assert "label smoothing" in shown.stdout and "test-time flips" in shown.stdout
+    assert "label smoothing" in shown.stdout and "test-time views" in shown.stdout
     markdown = run("recipes", "--markdown").stdout.splitlines()
     header, *rows = recipe_table()
     assert markdown[0] == f"| {' | '.join(header)} |" and len(markdown) == len(rows) + 2

@@ -30,17 +30,18 @@ def test_what_defines_the_experiment_changes_the_run_id(changes):
     assert run_id(TINY, dataclasses.replace(BASE, **changes), "data") != run_id(TINY, BASE, "data")
 
 
-@pytest.mark.parametrize("setting", [{"label_smoothing": 0.3}, {"tta_flip": False}])
+@pytest.mark.parametrize("setting", [{"label_smoothing": 0.3}, {"tta_flip": False}, {"tta_moves": 2},
+                                     {"crop_pad": 3}])
 def test_a_recipe_setting_that_changes_the_result_changes_the_run_id(setting, monkeypatch):
-    """A run id names what was trained and how it was judged: were the recipe's label smoothing or
-    flip averaging left out, a `fast` run finished under an older recipe would be taken for
+    """A run id names what was trained and how it was judged: were the recipe's label smoothing,
+    crop padding or test-time views left out, a `fast` run finished under an older recipe would be taken for
     today's (skipped by a resumed sweep, pooled as its seed). Settings a recipe does not use stay
     out of the id, so the ids of study runs did not change when these settings were added."""
     config = dataclasses.replace(BASE, recipe="fast")
     before = run_id(TINY, config, "data")
     monkeypatch.setitem(RECIPES, "fast", dataclasses.replace(RECIPES["fast"], **setting))
     assert run_id(TINY, config, "data") != before
-    assert not {"label_smoothing", "tta_flip"} & set(BASE.identity())
+    assert not {"label_smoothing", "tta_flip", "tta_moves", "crop_pad"} & set(BASE.identity())
 
 
 def test_the_data_and_the_network_are_part_of_the_run_id():

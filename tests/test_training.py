@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fireablate.augment import eval_views
 from fireablate import data as D
 from fireablate.errors import UsageError
 from fireablate.model import build, load_model, save_model
@@ -208,25 +209,34 @@ def test_the_fast_recipe_trains_with_its_label_smoothing(tmp_path, synth, monkey
     assert used == pytest.approx(expected, abs=1e-3) and expected == 0.2
 
 
-def _flip_logits(model, data):
+def _view_logits(model, data, mirror=False, moves=0):
+    """Each test image's logits under each of its test-time views, stacked (views, N, classes)."""
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in data.channel_stats())
     x = (data.test_x.float() / 255 - mean) / std  # as every fireablate run normalizes
     with torch.no_grad():
-        return model.eval()(x), model(x.flip(3))
+        return torch.stack([model.eval()(v) for v in eval_views(x, mirror, moves)])
 
 
-def test_the_fast_recipe_judges_a_network_by_its_mean_over_mirror_images(tmp_path, synth):
-    """Protects the fast recipe's flip averaging (README: +0.5 points): its validation loss and
-    accuracy come from the mean of each test image's logits and its mirror image's."""
+def test_the_fast_recipe_judges_a_network_by_its_mean_over_test_time_views(tmp_path, synth):
+    """Protects the fast recipe's test-time views (README: flips +0.5 points, one-pixel moves on
+    top): its validation loss and accuracy come from each test image's logits averaged over the
+    image and its mirror, each also moved as the recipe says; not from the image alone."""
     cfg = dataclasses.replace(CFG, recipe="fast", precision="fp32")
     result = train(TINY, cfg, out_dir=tmp_path, data=synth)
-    plain, mirrored = _flip_logits(load_model(tmp_path / "last.pt")[0], synth)
-    y, averaged = synth.test_y, (plain + mirrored) / 2
+    fast = RECIPES["fast"]
+    assert fast.tta_flip
+    views = _view_logits(load_model(tmp_path / "last.pt")[0], synth, True, fast.tta_moves)
+    assert len(views) == 2 * (1 + fast.tta_moves)
+    y, averaged, plain = synth.test_y, views.mean(0), views[0]
+    flips_only = (views[0] + views[1 + fast.tta_moves]) / 2  # the image and its mirror, unmoved
     last = result.history[-1]
-    assert last["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(averaged, y).item(), rel=1e-4)
-    assert last["val_loss"] != pytest.approx(torch.nn.functional.cross_entropy(plain, y).item(), rel=1e-4)
+    ce = lambda logits: torch.nn.functional.cross_entropy(logits, y).item()  # noqa: E731
+    # fp32 on one device: equal to rounding; a two-epoch network's views differ by less than 1e-4
+    assert last["val_loss"] == pytest.approx(ce(averaged), rel=1e-6)
+    assert last["val_loss"] != pytest.approx(ce(plain), rel=1e-6)
+    assert last["val_loss"] != pytest.approx(ce(flips_only), rel=1e-6)
     assert last["val_acc"] == pytest.approx((averaged.argmax(1) == y).float().mean().item(), abs=1.01 / len(y))
     # without flips in training (the study's augmentation) it is judged on the images as they are
     unflipped = train(TINY, dataclasses.replace(cfg, augment="study"), out_dir=tmp_path / "study", data=synth)
-    plain, _ = _flip_logits(load_model(tmp_path / "study" / "last.pt")[0], synth)
+    plain = _view_logits(load_model(tmp_path / "study" / "last.pt")[0], synth)[0]
     assert unflipped.history[-1]["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(plain, y).item(), rel=1e-4)
