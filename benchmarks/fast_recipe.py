@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, precision=args.precision, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         setup = T._prepare(get_preset("cifar"), config, None, Path(tmp), None)
-    recipe = dataclasses.replace(setup.recipe, tta_flip=False)  # this script evaluates every way itself
+    recipe = dataclasses.replace(setup.recipe, tta_flip=False, tta_moves=0)  # it evaluates every way itself
     if args.label_smoothing is not None:
         recipe = dataclasses.replace(recipe, label_smoothing=args.label_smoothing)
     if args.crop_pad is not None:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(stats, str):
             print(f"diverged: {stats}")
             return 1
-        loss, acc = T._evaluate(setup, session.model, inputs)  # the recipe's tta_flip is off here
+        loss, acc = T._evaluate(setup, session.model, inputs)  # the recipe's test-time views are off here
         session.end_epoch({**stats, "epoch": epoch + 1, "val_loss": loss, "val_acc": acc})
         curve.append(acc)
         print(f"epoch {epoch + 1}: val {acc:.2%}  train {stats['train_acc']:.2%}  "
