@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--save", type=Path, help="a folder for the final weights and averages (fireablate model files)")
     args = ap.parse_args(argv)
+    if args.crop_pad is not None and args.crop_pad < 0:
+        ap.error(f"--crop-pad must be 0 or more, got {args.crop_pad}")
 
     config = TrainConfig(data=args.data, limit_train=args.limit_train, limit_test=args.limit_test, recipe="fast",
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,

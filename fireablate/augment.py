@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import Recipe
+
 
 # The study's ImageDataGenerator settings, in Keras' own units.
 ROTATION_DEG = 20.0  # rotation_range: uniform in [-20, 20] degrees
@@ -156,7 +158,7 @@ def eval_views(x: torch.Tensor, mirror: bool, moves: int = 0) -> list[torch.Tens
     return [im for image in images for im in (image, *(move(image, dy, dx) for dy, dx in DIAGONAL_MOVES[:moves]))]
 
 
-def augment(x: torch.Tensor, kind: str, g: torch.Generator, crop_pad: int = 4) -> torch.Tensor:
+def augment(x: torch.Tensor, kind: str, g: torch.Generator, crop_pad: int = Recipe.crop_pad) -> torch.Tensor:
     """``x``: a normalized float batch (N, C, H, W) on any device; ``g`` a generator on that device;
     ``crop_pad``: how far ``flipcrop`` moves images (the recipe's ``crop_pad``)."""
     if kind == "none":

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import codec
+from .augment import DIAGONAL_MOVES, eval_views
 from . import spec as S
 from .data import ImageData
 from .errors import UsageError
@@ -78,7 +79,7 @@ def _run_hint(path: Path) -> dict[str, Any] | None:
         run = TrainResult.from_dict(raw)
         same_recipe = run_id(run.spec, run.config, run.data_identity) == run.run_id
         recipe = run.config.resolved_recipe
-        hint["flip"], hint["moves"] = same_recipe and recipe.tta_flip, recipe.tta_moves if same_recipe else 0
+        hint["flip"], hint["moves"] = (recipe.tta_flip, recipe.tta_moves) if same_recipe else (False, 0)
     except Exception:  # a result of another version, or a recipe this one does not know: judged plainly
         hint["flip"], hint["moves"] = False, 0
     return hint
@@ -169,8 +170,6 @@ def accuracy(predict: Callable[[np.ndarray], np.ndarray], data: ImageData, batch
     """(mean cross-entropy, accuracy) of ``predict`` on the test split, of each image's logits
     averaged over its test-time views (``augment.eval_views``: with ``flip`` its mirror image,
     ``moves`` one-pixel moves), as a recipe with test-time views judges a run."""
-    from .augment import eval_views
-
     norm = normalizer(data)
     n, loss, correct = len(data.test_y), 0.0, 0
     for i in range(0, n, batch):
@@ -244,7 +243,7 @@ def evaluate_file(path: Path, data: str | None = None, data_dir: str | None = No
     if flip is None:
         flip = bool(hint.get("flip", False))
     moves = hint.get("moves", 0) if flip else 0
-    if type(moves) is not int or moves not in (0, 2, 4):  # a hint from a file's metadata is not trusted
+    if type(moves) is not int or not 0 <= moves <= len(DIAGONAL_MOVES):  # a file's metadata is not trusted
         moves = 0
     t0 = time.perf_counter()
     loss, acc = accuracy(loaded.predict, images, flip=flip, moves=moves)
